@@ -1,0 +1,123 @@
+"""Build diffexp objects from a composed Hydra config, and load them back from checkpoints.
+
+The data-dependent sizes (channels, image size, number of classes) come from the data module when
+training and from the checkpoint when sampling, so a checkpoint is self-describing: it stores the
+resolved config next to the weights and :func:`load_module` rebuilds the network without the dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from diffexp.module import CHECKPOINT_FORMAT, CHECKPOINT_KEY, DiffusionModule
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, corrupt, not diffexp's, or incompatible with the config."""
+
+
+def data_info(datamodule) -> dict[str, Any]:
+    return {
+        "data_shape": list(datamodule.data_shape),
+        "num_classes": getattr(datamodule, "num_classes", None),
+        "data_range": list(datamodule.data_range) if getattr(datamodule, "data_range", None) is not None else None,
+    }
+
+
+def resolve_num_classes(cfg: DictConfig, dataset_classes: int | None) -> int | None:
+    """``conditional: true`` uses the dataset's classes; an explicit ``model.num_classes`` wins."""
+    explicit = cfg.model.get("num_classes") if "model" in cfg else None
+    if explicit is not None:
+        return int(explicit)
+    if not cfg.get("conditional", False):
+        return None
+    if dataset_classes is None:
+        raise ValueError(f"conditional=true but data={cfg.data.get('_target_')} has no class labels")
+    return int(dataset_classes)
+
+
+def build_net(cfg: DictConfig, data_shape, num_classes: int | None):
+    factory = instantiate(cfg.model)
+    if not callable(factory) or isinstance(factory, torch.nn.Module):
+        raise ValueError("model configs must be partials (`_partial_: true`) taking in_channels, image_size, num_classes")
+    shape = list(data_shape)
+    image_size = shape[-1] if len(shape) == 3 else None
+    return factory(in_channels=shape[0], image_size=image_size, num_classes=num_classes)
+
+
+def build_module(cfg: DictConfig, info: dict[str, Any]) -> DiffusionModule:
+    num_classes = resolve_num_classes(cfg, info.get("num_classes"))
+    net = build_net(cfg, info["data_shape"], num_classes)
+    schedule = instantiate(cfg.schedule)
+    objective = instantiate(cfg.objective)
+    module_cfg = OmegaConf.to_container(cfg.module, resolve=True) if "module" in cfg else {}
+    optimizer = instantiate(cfg.optimizer) if "optimizer" in cfg else None
+    lr_scheduler = instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
+    data_range = info.get("data_range")
+    return DiffusionModule(
+        net=net,
+        schedule=schedule,
+        objective=objective,
+        prediction=cfg.prediction,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        num_classes=num_classes,
+        data_shape=tuple(info["data_shape"]),
+        data_range=tuple(data_range) if data_range is not None else None,
+        seed=int(cfg.get("seed", 0)),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        **module_cfg,
+    )
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """torch.load with errors that say what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        hint = ""
+        if path.parent.is_dir():
+            found = sorted(p.name for p in path.parent.glob("*.ckpt"))
+            hint = f"; checkpoints in {path.parent}: {found or 'none'}"
+        raise CheckpointError(f"checkpoint not found: {path}{hint}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, Exception) as e:  # noqa: BLE001
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); "
+            "use another checkpoint of the run (e.g. an earlier step)"
+        ) from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
+    if CHECKPOINT_KEY not in ckpt:
+        raise CheckpointError(f"{path} is not a diffexp checkpoint (no '{CHECKPOINT_KEY}' entry)")
+    fmt = ckpt[CHECKPOINT_KEY].get("format")
+    if fmt != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {fmt}, this diffexp reads format {CHECKPOINT_FORMAT}")
+    return ckpt
+
+
+def load_module(path: str | os.PathLike, map_location="cpu") -> DiffusionModule:
+    """Rebuild the module from the config stored in the checkpoint and load its weights (and EMA)."""
+    ckpt = read_checkpoint(path, map_location)
+    meta = ckpt[CHECKPOINT_KEY]
+    cfg = OmegaConf.create(meta["config"])
+    info = {"data_shape": meta["data_shape"], "num_classes": meta["num_classes"], "data_range": meta["data_range"]}
+    module = build_module(cfg, info)
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not match the model its config describes: {e}") from e
+    return module.eval()
+
+
+def load_denoiser(path: str | os.PathLike, ema: bool = True, map_location="cpu"):
+    """(Denoiser, module) for sampling and evaluation; EMA weights when present and updated."""
+    module = load_module(path, map_location)
+    return module.denoiser(ema=ema), module

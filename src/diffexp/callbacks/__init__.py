@@ -1,0 +1,3 @@
+from diffexp.callbacks.sample import SampleCallback
+
+__all__ = ["SampleCallback"]
