@@ -114,6 +114,7 @@ def load_module(path: str | os.PathLike, map_location="cpu") -> DiffusionModule:
         module.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not match the model its config describes: {e}") from e
+    module.checkpoint_info = {"path": str(path), "global_step": int(ckpt.get("global_step", 0)), "epoch": int(ckpt.get("epoch", 0))}
     return module.eval()
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from diffexp.denoiser import Denoiser
 from diffexp.ema import EMA
 from diffexp.process import DiffusionProcess, check_prediction
-from diffexp.rng import make_generator
+from diffexp.rng import derive_seed, make_generator
 from diffexp.schedules import NoiseSchedule
 
 CHECKPOINT_KEY = "diffexp"
@@ -118,6 +118,9 @@ class DiffusionModule(L.LightningModule):
         x, y = batch
         # One stream per (rank, optimizer step, micro-batch): resume re-derives it from the counters.
         g = make_generator(x.device, self.seed, "train", self.global_rank, self.global_step, batch_idx)
+        # Layers that draw from the global RNG (dropout) get a stream re-derived from the same counters,
+        # so a resumed run continues bit-identically without saving RNG states.
+        torch.manual_seed(derive_seed(self.seed, "global", self.global_rank, self.global_step, batch_idx))
         out = self.objective.loss(self._net_fn(self.net), x, self.process, self.prediction, generator=g, y=self._labels(y, g))
         if not torch.isfinite(out.loss):
             terms = {k: float(v) for k, v in out.terms.items()}

@@ -31,8 +31,22 @@ def check_prediction(prediction: str) -> str:
     return prediction
 
 
+def is_fractional(t: Tensor) -> bool:
+    """Whether a timestep tensor holds non-integer values (only floating tensors can)."""
+    return t.is_floating_point() and bool((t != t.round()).any())
+
+
 def gather(coef: Tensor, t: Tensor, like: Tensor) -> Tensor:
-    """coef[t] reshaped to broadcast against ``like`` (batch first), in its dtype and device."""
+    """coef[t] reshaped to broadcast against ``like`` (batch first), in its dtype and device.
+
+    ``t`` must be integer-valued (an integer tensor, or a float tensor holding whole numbers). A
+    fractional t raises instead of being truncated: only :meth:`DiffusionProcess.alpha_sigma` (and
+    so ``q_sample``/``predict``/``eps_to_output``) is defined between the schedule's steps."""
+    if is_fractional(t):
+        raise ValueError(
+            "this coefficient is only defined at integer timesteps; fractional t is supported by "
+            "DiffusionProcess.alpha_sigma / predict / q_sample (interpolation in log sigma)"
+        )
     out = coef.to(like.device)[t.to(like.device).long()]
     return out.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
@@ -67,6 +81,8 @@ class DiffusionProcess:
         s = schedule
         self._sqrt_ab = torch.sqrt(s.alphas_cumprod)
         self._sqrt_1m_ab = torch.sqrt(1.0 - s.alphas_cumprod)
+        # log σ_t of the equivalent VE process, increasing in t (+inf at a zero-terminal-SNR end).
+        self._log_sigmas = 0.5 * (torch.log1p(-s.alphas_cumprod) - torch.log(s.alphas_cumprod))
 
     @property
     def num_timesteps(self) -> int:
@@ -74,8 +90,43 @@ class DiffusionProcess:
 
     # ---- coefficients --------------------------------------------------------------------------
     def alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        """(√ᾱ_t, √(1-ᾱ_t)) broadcastable against ``like``."""
-        return gather(self._sqrt_ab, t, like), gather(self._sqrt_1m_ab, t, like)
+        """(√ᾱ_t, √(1-ᾱ_t)) broadcastable against ``like``.
+
+        Integer-valued t reads the schedule exactly. Fractional t (continuous-noise-level samplers,
+        e.g. Heun on Karras σ's) uses σ(t) = :meth:`t_to_sigma` and a = 1/√(1+σ²), s = σ/√(1+σ²)."""
+        if not is_fractional(t):
+            return gather(self._sqrt_ab, t, like), gather(self._sqrt_1m_ab, t, like)
+        log_sigma = torch.log(self.t_to_sigma(t))
+        a, s = torch.sigmoid(-2 * log_sigma).sqrt(), torch.sigmoid(2 * log_sigma).sqrt()
+        shape = (-1, *([1] * (like.ndim - 1)))
+        return a.to(like.device, like.dtype).reshape(shape), s.to(like.device, like.dtype).reshape(shape)
+
+    # ---- continuous noise levels (k-diffusion's DiscreteSchedule) --------------------------------
+    def t_to_sigma(self, t: Tensor) -> Tensor:
+        """VE noise level σ(t) = √((1-ᾱ)/ᾱ) at a possibly fractional index t ∈ [0, T-1], by linear
+        interpolation of log σ between neighbouring steps (exact at integer t). Float64, t's device."""
+        ls = self._log_sigmas.to(t.device)
+        t = torch.as_tensor(t, device=ls.device).to(torch.float64).clamp(0, ls.numel() - 1)
+        lo = t.floor().long().clamp(max=max(ls.numel() - 2, 0))
+        hi = (lo + 1).clamp(max=ls.numel() - 1)
+        w = t - lo
+        # where() keeps 0·∞ (a zero-terminal-SNR end) out of the integer case
+        log_sigma = torch.where(w == 0, ls[lo], torch.where(w == 1, ls[hi], ls[lo] + w * (ls[hi] - ls[lo])))
+        return log_sigma.exp()
+
+    def sigma_to_t(self, sigma: Tensor | float) -> Tensor:
+        """Inverse of :meth:`t_to_sigma`: the fractional index t whose interpolated log σ equals
+        log ``sigma`` (clamped to [σ_0, σ_{T-1}]). Float64."""
+        ls = self._log_sigmas
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        ls = ls.to(sigma.device)
+        log_sigma = sigma.log().clamp(ls[0], ls[-1])
+        if ls.numel() == 1:
+            return torch.zeros_like(log_sigma)
+        hi = torch.searchsorted(ls, log_sigma).clamp(1, ls.numel() - 1)
+        lo = hi - 1
+        w = torch.where(log_sigma >= ls[hi], 1.0, ((log_sigma - ls[lo]) / (ls[hi] - ls[lo])).clamp(0, 1))
+        return lo.to(torch.float64) + w
 
     # ---- forward process q(x_t | x_0) ----------------------------------------------------------
     def q_mean_var(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:

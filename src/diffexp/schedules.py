@@ -139,7 +139,8 @@ def sigmoid_betas(
 ) -> Tensor:
     """ᾱ(t) = (σ(end/τ) - σ((t(end-start)+start)/τ)) / (σ(end/τ) - σ(start/τ)) (Jabri et al. 2022,
     Chen 2023), a schedule that spends more steps at intermediate noise."""
-    v_start, v_end = torch.sigmoid(torch.tensor(start / tau)), torch.sigmoid(torch.tensor(end / tau))
+    v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
+    v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
 
     def alpha_bar(t):
         return (v_end - torch.sigmoid((t * (end - start) + start) / tau)) / (v_end - v_start)

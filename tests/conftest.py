@@ -1,0 +1,51 @@
+"""Shared test fixtures: offline W&B, small thread count, composing the shipped configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+
+import diffexp  # noqa: E402,F401  (torchvision shim)
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from diffexp.config import setup_environment  # noqa: E402
+
+setup_environment()
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+def compose(config_name: str = "train", overrides: list[str] | None = None, tmp_path: Path | None = None):
+    """Compose a shipped config (with Hydra's runtime resolvers available) as a test would run it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    overrides = list(overrides or [])
+    if tmp_path is not None:
+        overrides.append(f"paths.log_dir={tmp_path}")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        out = tmp_path / "run" if tmp_path is not None else Path("outputs/test")
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(out)
+            cfg.hydra.runtime.output_dir = str(out)
+        return cfg
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    def _compose(overrides=None, config_name="train"):
+        return compose(config_name, overrides, tmp_path)
+
+    return _compose
