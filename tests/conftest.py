@@ -28,18 +28,21 @@ def compose(config_name: str = "train", overrides: list[str] | None = None, tmp_
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from omegaconf import open_dict, read_write
 
     overrides = list(overrides or [])
     if tmp_path is not None:
         overrides.append(f"paths.log_dir={tmp_path}")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
         out = tmp_path / "run" if tmp_path is not None else Path("outputs/test")
+        with read_write(cfg), open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(out)
+            cfg.hydra.job.num = 0
+            cfg.hydra.job.id = "test"
+        HydraConfig.instance().set_config(cfg)
         with open_dict(cfg):
             cfg.paths.output_dir = str(out)
-            cfg.hydra.runtime.output_dir = str(out)
         return cfg
 
 

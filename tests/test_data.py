@@ -79,7 +79,7 @@ def test_mnist_module_same_from_pkl_and_idx(tmp_path):
         assert len(xa) == n and torch.equal(xa, xb) and torch.equal(ya, yb)
     # default val split == the pickle's valid split; images in [-1, 1] with exact endpoints
     x, y = a.tensors("val")
-    assert torch.equal(y, torch.from_numpy(pkl["valid"][1]))
+    assert torch.equal(y, torch.from_numpy(pkl["valid"][1].copy()))
     expect = torch.from_numpy(pkl["valid"][0].astype(np.float32) / 127.5 - 1).unsqueeze(1)
     assert x.dtype == torch.float32 and torch.equal(x, expect) and x.min() == -1 and x.max() == 1
 
@@ -92,10 +92,11 @@ def test_mnist_image_size_subset_and_random_split():
     assert x.shape == (100, 1, 32, 32) and dm.tensors("val")[0].shape == (50, 1, 32, 32)
     assert (x[..., :2, :] == -1).all() and (x[..., :, -2:] == -1).all()  # padded with background
     full = MNISTDataModule(root=str(SHARED), split_seed=1)
-    assert torch.equal(x[..., 2:30, 2:30], full.tensors("train")[0][:100])
+    assert torch.equal(x[..., 2:30, 2:30], full._raw("train")[0][:100].float() / 127.5 - 1)
     # a seeded split differs from the classic one but is still a partition of the 60k
-    classic = MNISTDataModule(root=str(SHARED))
-    assert not torch.equal(full._raw("val")[1], classic._raw("val")[1])
+    classic = MNISTDataModule(root=str(SHARED))  # not loaded: cache_key needs no data
+    valid_labels = torch.from_numpy(load_mnist_pkl(SHARED / "mnist.pkl.gz")["valid"][1].copy())
+    assert not torch.equal(full._raw("val")[1], valid_labels)
     assert len(full._raw("train")[0]) == 50000
     assert full.cache_key("train") != classic.cache_key("train") != dm.cache_key("train")
     assert full.cache_key("test") == MNISTDataModule(root="elsewhere", split_seed=1).cache_key("test")
@@ -126,7 +127,7 @@ def test_fashion_mnist_fake_idx_round_trip(tmp_path):
         write_idx(raw / f"{p}-labels-idx1-ubyte", y)  # uncompressed works too
         np.testing.assert_array_equal(read_idx(raw / f"{p}-images-idx3-ubyte.gz"), x)
     dm = FashionMNISTDataModule(root=str(tmp_path), val_size=6)
-    (xt, yt), (xv, yv), (xs, ys) = dm.tensors("train"), dm.tensors("val"), dm.tensors("test")
+    (xt, yt), (xv, _), (xs, ys) = dm.tensors("train"), dm.tensors("val"), dm.tensors("test")
     assert xt.shape == (24, 1, 28, 28) and xv.shape == (6, 1, 28, 28) and xs.shape == (12, 1, 28, 28)
     x, y = data["train"]
     assert torch.equal(xv, torch.from_numpy(x[24:].astype(np.float32) / 127.5 - 1).unsqueeze(1))
@@ -148,7 +149,7 @@ def test_cifar10_fake_batches_round_trip_and_flips(tmp_path):
     x, y = dm.tensors("train")  # no augmentation
     assert torch.equal(x, torch.from_numpy(train_x[:16].astype(np.float32) / 127.5 - 1))
     assert torch.equal(dm.tensors("val")[1], torch.from_numpy(batches["data_batch_5"][1]))
-    assert torch.equal(dm.tensors("test")[0], torch.from_numpy(batches["test_batch"][0] / 127.5 - 1).float())
+    assert torch.equal(dm.tensors("test")[0], torch.from_numpy(batches["test_batch"][0].astype(np.float32) / 127.5 - 1))
     flipped = 0
     for xb, yb in dm.train_dataloader():  # each image is itself or its mirror image (batched flip)
         for xi, yi in zip(xb, yb):
@@ -243,9 +244,9 @@ def test_image_folder_classes_resize_crop(tmp_path):
     assert x.shape == (7, 3, 8, 8) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1, 1]
     green = torch.tensor([-1.0, 1.0, -1.0]).view(3, 1, 1).expand(3, 8, 8)
     assert sum(torch.equal(xi, green) for xi in x) == 6 and sum(bool((xi == 1).all()) for xi in x) == 1
-    gray = ImageFolderDataModule(root=str(tmp_path / "labelled" / "cats"), image_size=4, channels=1, val_size=0)
+    gray = ImageFolderDataModule(root=str(tmp_path / "labelled" / "cats"), image_size=8, channels=1, val_size=0)
     xg, yg = gray.tensors("train")  # loose images: unlabelled; luminance of pure green = 150
-    assert gray.num_classes is None and xg.shape == (3, 1, 4, 4) and (yg == 0).all()
+    assert gray.num_classes is None and xg.shape == (3, 1, 8, 8) and (yg == 0).all()
     torch.testing.assert_close(xg, torch.full_like(xg, 150 / 127.5 - 1))
     with pytest.raises(DatasetNotFoundError):
         ImageFolderDataModule(root=str(tmp_path / "empty"))
@@ -268,19 +269,23 @@ def test_batches_dtypes_and_deterministic_shuffling():
     assert torch.equal(torch.cat([y for _, y in val]), dm.tensors("val")[1])
 
 
+class IndexToy(Toy2DDataModule):
+    """Labels = example index, to see which examples a loader yields."""
+
+    def _load(self):
+        return {k: (x, torch.arange(len(x))) for k, (x, _) in super()._load().items()}
+
+
 def test_ddp_shards_are_disjoint():
     from torch.utils.data import DistributedSampler
 
     labels = []
     for rank in range(2):
-        dm = Toy2DDataModule(num_train=50, batch_size=5, drop_last=False)
-        dm._splits = None
+        dm = IndexToy(num_train=50, batch_size=5, drop_last=False)
         dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)  # what Lightning sets
         loader = dm.train_dataloader()
         assert isinstance(loader.sampler, DistributedSampler)  # so Lightning injects no sampler of its own
-        dm._load = lambda d=dm: {s: (x, torch.arange(len(x))) for s, (x, _) in Toy2DDataModule._load(d).items()}
-        dm.setup()
-        labels.append(torch.cat([y for _, y in dm.train_dataloader()]).tolist())
+        labels.append(torch.cat([y for _, y in loader]).tolist())
     assert len(labels[0]) == len(labels[1]) == 25 and sorted(labels[0] + labels[1]) == list(range(50))
 
 
@@ -311,15 +316,8 @@ def test_data_configs_instantiate(tmp_path):
                                 "data": OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml")})
         dm = instantiate(cfg.data)
         assert type(dm) is cls and dm.data_shape == shape and dm.seed == 5 and dm.batch_size == 64
-    assert MNISTDataModule(root=str(SHARED)).root == dm_root(cfg_name="mnist")
-
-
-def dm_root(cfg_name):
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create({"paths": {"data_dir": str(SHARED.parent)},
-                            "data": OmegaConf.load(REPO / "conf" / "data" / f"{cfg_name}.yaml")})
-    return Path(cfg.data.root)
+        if name == "mnist":
+            assert dm.root == SHARED and dm.tensors("test")[0].shape == (10000, 1, 28, 28)
 
 
 @needs_mnist

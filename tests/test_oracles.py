@@ -86,7 +86,9 @@ def test_every_prediction_target_acts_as_the_same_perfect_model(prediction):
     shape = (1, 2, 2)
     means = torch.randn(2, 4, dtype=F64, generator=torch.Generator().manual_seed(2))
     eps_model = Denoiser(GaussianMixtureOracle([0.4, 0.6], means, [0.5, 0.2], proc), proc, "eps", data_range=None)
-    model = Denoiser(GaussianMixtureOracle([0.4, 0.6], means, [0.5, 0.2], proc, prediction), proc, prediction, data_range=None)
+    model = Denoiser(
+        GaussianMixtureOracle([0.4, 0.6], means, [0.5, 0.2], proc, prediction), proc, prediction, data_range=None
+    )
     x = torch.randn(16, *shape, dtype=F64, generator=torch.Generator().manual_seed(3))
     for t in [torch.full((16,), 0), torch.arange(16) * 6, torch.linspace(0.3, 98.7, 16, dtype=F64)]:
         p, q = model(x, t), eps_model(x, t)

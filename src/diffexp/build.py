@@ -8,19 +8,18 @@ resolved config next to the weights and :func:`load_module` rebuilds the network
 from __future__ import annotations
 
 import os
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffexp.module import CHECKPOINT_FORMAT, CHECKPOINT_KEY, DiffusionModule
+from diffexp.checkpoint import CHECKPOINT_KEY, CheckpointError, read_checkpoint
+from diffexp.module import DiffusionModule
+from diffexp.validation import ConfigError
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt, not diffexp's, or incompatible with the config."""
+__all__ = ["CheckpointError", "ConfigError", "build_module", "build_net", "data_info", "load_denoiser", "load_module",
+           "read_checkpoint", "resolve_num_classes"]
 
 
 def data_info(datamodule) -> dict[str, Any]:
@@ -39,8 +38,28 @@ def resolve_num_classes(cfg: DictConfig, dataset_classes: int | None) -> int | N
     if not cfg.get("conditional", False):
         return None
     if dataset_classes is None:
-        raise ValueError(f"conditional=true but data={cfg.data.get('_target_')} has no class labels")
+        raise ConfigError(
+            f"conditional=true needs labelled data, but data ({_data_name(cfg)}) has no class labels; "
+            "set conditional=false or use a labelled dataset"
+        )
     return int(dataset_classes)
+
+
+def _data_name(cfg: DictConfig) -> str:
+    data = cfg.get("data") or {}
+    name = str(data.get("_target_", "?")).rsplit(".", 1)[-1]
+    return f"{name}, dataset={data.dataset}" if "dataset" in data else name
+
+
+def _model_name(cfg: DictConfig) -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get("model")
+    except Exception:  # noqa: BLE001  (no Hydra context: tests, notebooks)
+        choice = None
+    target = str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
+    return f"model={choice} ({target})" if choice else f"model {target}"
 
 
 def build_net(cfg: DictConfig, data_shape, num_classes: int | None):
@@ -49,7 +68,14 @@ def build_net(cfg: DictConfig, data_shape, num_classes: int | None):
         raise ValueError("model configs must be partials (`_partial_: true`) taking in_channels, image_size, num_classes")
     shape = list(data_shape)
     image_size = shape[-1] if len(shape) == 3 else None
-    return factory(in_channels=shape[0], image_size=image_size, num_classes=num_classes)
+    try:
+        return factory(in_channels=shape[0], image_size=image_size, num_classes=num_classes)
+    except (ValueError, TypeError, AssertionError) as e:
+        size = f"image_size={image_size}, in_channels={shape[0]}" if image_size else f"in_channels={shape[0]}"
+        raise ConfigError(
+            f"{_model_name(cfg)} cannot be built for the data ({_data_name(cfg)}: data_shape={tuple(shape)}, {size}): "
+            f"{e}. Change the model.* options or the data (e.g. data.image_size)"
+        ) from e
 
 
 def build_module(cfg: DictConfig, info: dict[str, Any]) -> DiffusionModule:
@@ -75,32 +101,6 @@ def build_module(cfg: DictConfig, info: dict[str, Any]) -> DiffusionModule:
         config=OmegaConf.to_container(cfg, resolve=True),
         **module_cfg,
     )
-
-
-def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """torch.load with errors that say what is wrong with the file."""
-    path = Path(path)
-    if not path.is_file():
-        hint = ""
-        if path.parent.is_dir():
-            found = sorted(p.name for p in path.parent.glob("*.ckpt"))
-            hint = f"; checkpoints in {path.parent}: {found or 'none'}"
-        raise CheckpointError(f"checkpoint not found: {path}{hint}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, Exception) as e:  # noqa: BLE001
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); "
-            "use another checkpoint of the run (e.g. an earlier step)"
-        ) from e
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
-    if CHECKPOINT_KEY not in ckpt:
-        raise CheckpointError(f"{path} is not a diffexp checkpoint (no '{CHECKPOINT_KEY}' entry)")
-    fmt = ckpt[CHECKPOINT_KEY].get("format")
-    if fmt != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} has checkpoint format {fmt}, this diffexp reads format {CHECKPOINT_FORMAT}")
-    return ckpt
 
 
 def load_module(path: str | os.PathLike, map_location="cpu") -> DiffusionModule:

@@ -3,6 +3,16 @@
 Training draws timesteps and noise from a generator seeded by (seed, rank, global step, micro-batch),
 so ranks never share noise and a resumed run re-derives the same streams; validation uses pinned
 noise and timesteps (seeded by batch index only), so the validation loss is comparable across epochs.
+
+Non-finite losses and gradients (``nonfinite``): ``raise`` stops training with a FloatingPointError that
+names the step, the loss terms and the last good checkpoint (nothing is saved after the bad step);
+``skip`` turns the optimizer step into a no-op for the weights, the optimizer state and the EMA (the
+step counter and the LR schedule still advance, as with fp16 loss scaling). The decision is taken after
+the backward pass, from the loss of every micro-batch and the gradient norm; under DDP it is reduced
+over ranks (any rank bad → all skip or all raise), so no rank is left waiting in a collective.
+With ``16-mixed`` precision, non-finite *gradients* with a finite loss are loss-scale overflows: the
+GradScaler skips those steps and lowers its scale, so they are neither raised nor counted; the EMA is
+not updated on them.
 """
 
 from __future__ import annotations
@@ -14,14 +24,14 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from diffexp.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEY, CheckpointError, config_mismatches
 from diffexp.denoiser import Denoiser
 from diffexp.ema import EMA
 from diffexp.process import DiffusionProcess, check_prediction
 from diffexp.rng import derive_seed, make_generator
 from diffexp.schedules import NoiseSchedule
 
-CHECKPOINT_KEY = "diffexp"
-CHECKPOINT_FORMAT = 1
+__all__ = ["DiffusionModule", "CHECKPOINT_KEY", "CHECKPOINT_FORMAT", "bits_per_dim"]
 
 
 class DiffusionModule(L.LightningModule):
@@ -64,8 +74,10 @@ class DiffusionModule(L.LightningModule):
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
         self.nonfinite = nonfinite
         if hasattr(objective, "validate"):
-            objective.validate(prediction, schedule)
-        self._micro_step = 0
+            objective.validate(prediction, schedule, data_range=self.data_range)
+        self.skipped_steps = 0  # optimizer steps skipped for non-finite values (nonfinite=skip)
+        self._bad_loss: str | None = None  # description of a non-finite micro-batch loss since the last step
+        self._skip_ema = False
 
     # ---- the model as samplers see it ------------------------------------------------------------
     def sampling_net(self, ema: bool = True) -> nn.Module:
@@ -121,36 +133,79 @@ class DiffusionModule(L.LightningModule):
         # Layers that draw from the global RNG (dropout) get a stream re-derived from the same counters,
         # so a resumed run continues bit-identically without saving RNG states.
         torch.manual_seed(derive_seed(self.seed, "global", self.global_rank, self.global_step, batch_idx))
+        saved = self._objective_state() if self.nonfinite == "skip" else None
         out = self.objective.loss(self._net_fn(self.net), x, self.process, self.prediction, generator=g, y=self._labels(y, g))
         if not torch.isfinite(out.loss):
             terms = {k: float(v) for k, v in out.terms.items()}
-            msg = f"non-finite loss {float(out.loss)} at step {self.global_step} (terms: {terms})"
-            if self.nonfinite == "raise":
-                raise FloatingPointError(msg + "; the last good checkpoint is kept. Set module.nonfinite=skip to skip such steps.")
-            self.print("skipping step: " + msg)
-            return None
+            self._bad_loss = f"loss {float(out.loss)} (terms: {terms})"
+            if saved:  # e.g. the importance sampler's loss history must not take the non-finite values
+                self.objective.load_state_dict(saved)
+            if self.nonfinite == "raise" and self._world_size() == 1:
+                raise FloatingPointError(self._nonfinite_message(f"non-finite {self._bad_loss}"))
+            # Keep going to the backward pass: the gradients become non-finite on every rank (DDP averages
+            # them), and the step is skipped (or raised) in on_before_optimizer_step on all ranks together.
+            return out.loss
         self._log_terms("train", out, x.shape[0], on_step=True)
         return out.loss
 
+    def _world_size(self) -> int:
+        trainer = self._trainer
+        return int(trainer.world_size) if trainer is not None else 1
+
+    def _objective_state(self) -> dict | None:
+        state = self.objective.state_dict()
+        return {k: v.clone() for k, v in state.items()} if state else None
+
+    def _nonfinite_message(self, what: str) -> str:
+        last = None
+        cb = getattr(self._trainer, "checkpoint_callback", None) if self._trainer is not None else None
+        if cb is not None:
+            last = getattr(cb, "last_model_path", None) or getattr(cb, "best_model_path", None)
+        kept = f"the last good checkpoint is kept: {last}" if last else "no checkpoint was written after it"
+        return (f"{what} at step {self.global_step}; training stopped and {kept}. "
+                "Lower the learning rate, clip gradients (trainer.gradient_clip_val), or set "
+                "module.nonfinite=skip to skip such steps.")
+
+    def _loss_scaler(self):
+        trainer = self._trainer
+        return getattr(getattr(trainer, "precision_plugin", None), "scaler", None) if trainer is not None else None
+
     def on_before_optimizer_step(self, optimizer) -> None:
-        norms = [p.grad.detach().norm(2) for p in self.net.parameters() if p.grad is not None]
-        if not norms:
+        """After backward (and fp16 unscaling), before clipping and the step: decide about non-finite values."""
+        grads = [p.grad.detach() for p in self.net.parameters() if p.grad is not None]
+        total = torch.nn.utils.get_total_norm(grads, 2.0).float() if grads else None
+        grad_ok = total is None or bool(torch.isfinite(total))
+        bad_loss, self._bad_loss = self._bad_loss, None
+        bad = bad_loss is not None or not grad_ok
+        if self._world_size() > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        self._skip_ema = False
+        if not bad:
+            if total is not None:
+                self.log("train/grad_norm", total, on_step=True, on_epoch=False)
             return
-        total = torch.linalg.vector_norm(torch.stack(norms), 2)
-        if not torch.isfinite(total):
-            msg = f"non-finite gradient norm at step {self.global_step}"
-            if self.nonfinite == "raise":
-                raise FloatingPointError(msg + "; the last good checkpoint is kept. Set module.nonfinite=skip to skip such steps.")
-            self.print("skipping step: " + msg)
-            optimizer.zero_grad(set_to_none=True)
+        if bad_loss is None and self._loss_scaler() is not None:
+            self._skip_ema = True  # fp16 overflow: the GradScaler skips this step and lowers its scale
             return
-        self.log("train/grad_norm", total, on_step=True, on_epoch=False)
+        what = f"non-finite {bad_loss}" if bad_loss else (
+            f"non-finite gradient norm {float(total)}" if not grad_ok else "non-finite loss or gradient on another rank")
+        if self.nonfinite == "raise":
+            raise FloatingPointError(self._nonfinite_message(what))
+        # Skip: without gradients the optimizer leaves the weights and its moments untouched.
+        for p in self.net.parameters():
+            p.grad = None
+        self._skip_ema = True
+        self.skipped_steps += 1
+        self.print(f"skipping step {self.global_step}: {what} (module.nonfinite=skip; {self.skipped_steps} skipped so far)")
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
 
     def optimizer_step(self, *args, **kwargs):
-        super().optimizer_step(*args, **kwargs)
-        # Exactly once per optimizer step, whatever the gradient accumulation.
-        if self.ema is not None:
+        self._skip_ema = False
+        super().optimizer_step(*args, **kwargs)  # runs the closure (forward, backward, the hook above), then the step
+        # Exactly once per optimizer step, whatever the gradient accumulation; not on skipped steps.
+        if self.ema is not None and not self._skip_ema:
             self.ema.update(self.net)
+        self._skip_ema = False
 
     def _eval_step(self, batch, batch_idx, prefix: str):
         x, y = batch
@@ -188,7 +243,34 @@ class DiffusionModule(L.LightningModule):
             "prediction": self.prediction,
             "num_timesteps": self.schedule.num_timesteps,
             "ema_updates": int(self.ema.num_updates) if self.ema is not None else 0,
+            "skipped_steps": int(self.skipped_steps),
         }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Before the weights are loaded (resume): refuse a checkpoint of another model/process/target."""
+        meta = checkpoint.get(CHECKPOINT_KEY)
+        if meta is None:
+            raise CheckpointError("not a diffexp checkpoint (no 'diffexp' entry): cannot resume from it")
+        diffs = config_mismatches(meta.get("config") or {}, self.config)
+        ours = {"data_shape": list(self.data_shape), "num_classes": self.num_classes, "prediction": self.prediction,
+                "num_timesteps": self.schedule.num_timesteps}
+        for key, value in ours.items():
+            if key in meta and meta[key] != value and not any(d.startswith(key) for d in diffs):
+                diffs.append(f"{key}: checkpoint {meta[key]!r}, config {value!r}")
+        theirs = set(checkpoint.get("state_dict", {}))
+        mine = set(self.state_dict())
+        if not diffs and theirs != mine:
+            missing = sorted({k.split(".")[0] for k in mine - theirs})
+            extra = sorted({k.split(".")[0] for k in theirs - mine})
+            diffs.append(f"state_dict: parts missing from the checkpoint {missing}, parts not in this model {extra} "
+                         "(module.ema_decay=0 vs >0, or another objective.timestep_sampler?)")
+        if diffs:
+            raise CheckpointError(
+                "cannot resume: the checkpoint was trained with another config; differing keys:\n  "
+                + "\n  ".join(diffs)
+                + "\nresume with the checkpoint's config (its run directory holds config.yaml) or start a new run"
+            )
+        self.skipped_steps = int(meta.get("skipped_steps", 0))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

@@ -81,7 +81,9 @@ class GaussianMixtureOracle(nn.Module):
         log_joint = torch.log(self.weights)[None] + log_n
         if y is not None:  # condition on component y (label K = null = unconditional)
             y = y.to(x.device).long()
-            mask = (torch.arange(self.num_components, device=x.device)[None] == y[:, None]) | (y[:, None] == self.num_components)
+            mask = (torch.arange(self.num_components, device=x.device)[None] == y[:, None]) | (
+                y[:, None] == self.num_components
+            )
             log_joint = log_joint.masked_fill(~mask, -math.inf)
         return a, s, z, c, log_joint
 

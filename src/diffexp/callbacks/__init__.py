@@ -1,3 +1,3 @@
-from diffexp.callbacks.sample import SampleCallback
+from diffexp.callbacks.sample import SampleCallback, sampler_label
 
-__all__ = ["SampleCallback"]
+__all__ = ["SampleCallback", "sampler_label"]

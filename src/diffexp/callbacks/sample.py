@@ -11,6 +11,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from diffexp.images import image_grid, log_image, samples_to_image, save_png
 
 
+def sampler_label(sampler, num_timesteps: int) -> str:
+    """The sampler's name with its number of function evaluations, e.g. ``ddim-50`` or ``ddpm-1000``."""
+    nfe = sampler.nfe(num_timesteps)
+    return sampler.name if sampler.name.endswith(f"-{nfe}") else f"{sampler.name}-{nfe}"
+
+
 class SampleCallback(L.Callback):
     """Every ``every_n_steps`` optimizer steps (and at the end of training), sample ``num_samples`` fixed
     seeds with ``sampler`` and log the grid under ``samples/<sampler name>`` (the name carries the NFE).
@@ -50,7 +56,7 @@ class SampleCallback(L.Callback):
         self.last_paths: list[Path] = []
 
     def key(self, pl_module) -> str:
-        return self.name or f"samples/{self.sampler.name}"
+        return self.name or f"samples/{sampler_label(self.sampler, pl_module.schedule.num_timesteps)}"
 
     def _out_dir(self, trainer) -> Path:
         return Path(self.out_dir or Path(trainer.default_root_dir) / "samples")

@@ -9,7 +9,14 @@ from diffexp.data.cifar10 import CIFAR10DataModule
 from diffexp.data.digits import DigitsDataModule
 from diffexp.data.image_folder import ImageFolderDataModule
 from diffexp.data.mnist import FashionMNISTDataModule, MNISTDataModule
-from diffexp.data.readers import DatasetNotFoundError, load_mnist_pkl, read_cifar_batch, read_idx, write_cifar_batch, write_idx
+from diffexp.data.readers import (
+    DatasetNotFoundError,
+    load_mnist_pkl,
+    read_cifar_batch,
+    read_idx,
+    write_cifar_batch,
+    write_idx,
+)
 from diffexp.data.toy2d import Toy2DDataModule
 
 __all__ = [

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from diffexp.resume import ResumableDataLoader
 from diffexp.rng import derive_seed
 
 SPLITS = ("train", "val", "test")
@@ -196,7 +197,7 @@ class BaseDataModule(L.LightningDataModule):
             if n is not None and split in splits:
                 x, y = splits[split]
                 splits[split] = (x[: int(n)], y[: int(n)])
-        for split, (x, y) in splits.items():
+        for split, (x, _) in splits.items():
             if tuple(x.shape[1:]) != tuple(self.data_shape):
                 raise ValueError(f"{self.name} {split}: data shape {tuple(x.shape[1:])} != {self.data_shape}")
         self._splits = {k: (x.contiguous(), y.long().contiguous()) for k, (x, y) in splits.items()}
@@ -243,7 +244,8 @@ class BaseDataModule(L.LightningDataModule):
         ds = self.dataset(split, train)
         world, rank = self._world()
         sampler = EpochSampler(ds, num_replicas=world, rank=rank, shuffle=train and self.shuffle, seed=self.seed)
-        return DataLoader(
+        # Training: a loader whose position in the epoch is saved in checkpoints (exact mid-epoch resume).
+        return (DataLoader if train else DataLoader)(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,

@@ -42,6 +42,7 @@ from diffexp.metrics.stats import (
     inception_score_from_sums,
     kernel_inception_distance,
     polynomial_mmd2,
+    psd_sqrt,
 )
 from diffexp.metrics.utils import default_cache_dir
 
@@ -51,5 +52,5 @@ __all__ = [
     "compare_stats", "compute_metrics", "default_cache_dir", "extract_into", "frechet_distance", "inception_score",
     "inception_score_from_sums", "inception_weights_path", "kernel_inception_distance", "keyed_metrics",
     "load_or_train_classifier", "make_extractor", "make_inception_standin", "metric_key", "polynomial_mmd2",
-    "reference_stats", "reference_stats_path", "train_classifier",
+    "psd_sqrt", "reference_stats", "reference_stats_path", "train_classifier",
 ]

@@ -7,7 +7,7 @@ layer as the feature space (FID/KID) and its logits for the Inception Score. Suc
 comparable between runs that use the *same* classifier file: its sha256 is part of every metric key.
 
 Training is deterministic for a given seed (CPU), and the result is cached on disk at
-``{cache_dir}/classifiers/{cache_key}-{arch}-e{epochs}-s{seed}.pt`` with a JSON file next to it that
+``{cache_dir}/classifiers/{cache_key}-{arch}-{e<epochs>|auto<min_steps>}-s{seed}.pt`` with a JSON file next to it that
 records the test accuracy, the training time and the weights' sha256.
 """
 
@@ -147,9 +147,12 @@ def train_classifier(
     return model, info
 
 
-def classifier_path(cache_dir: str | os.PathLike, cache_key: str, arch: str, epochs: int, seed: int) -> Path:
-    """Cache file of a trained classifier: keyed by the training split's cache_key, arch, epochs, seed."""
-    return Path(cache_dir) / "classifiers" / f"{slug(cache_key)}-{arch}-e{epochs}-s{seed}.pt"
+def classifier_path(cache_dir: str | os.PathLike, cache_key: str, arch: str, epochs: int | None, seed: int,
+                    min_steps: int = 300) -> Path:
+    """Cache file of a trained classifier, keyed by the training split's cache_key, arch, training
+    length (``e{epochs}``, or ``auto{min_steps}`` when epochs are chosen automatically) and seed."""
+    length = f"e{epochs}" if epochs is not None else f"auto{min_steps}"
+    return Path(cache_dir) / "classifiers" / f"{slug(cache_key)}-{arch}-{length}-s{seed}.pt"
 
 
 def load_or_train_classifier(
@@ -165,19 +168,16 @@ def load_or_train_classifier(
     """Return ``(model, info, path)``: the cached classifier for this data module, training it once.
 
     The file is written atomically; ``info`` (also at ``path.with_suffix('.json')``) holds the test
-    accuracy and ``weights_sha256`` of the file.
+    accuracy and ``weights_sha256`` of the file. Loading from the cache does not touch the data.
     """
-    if epochs is None:  # resolve the auto epoch count so that it is part of the cache key
-        x_train_len = len(datamodule.tensors("train")[0])
-        epochs = max(1, math.ceil(min_steps / math.ceil(x_train_len / train_kwargs.get("batch_size", 128))))
-    path = classifier_path(cache_dir, datamodule.cache_key("train"), arch, epochs, seed)
+    path = classifier_path(cache_dir, datamodule.cache_key("train"), arch, epochs, seed, min_steps)
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
         info = json.loads(meta.read_text())
         model = build_classifier(arch, info["in_channels"], info["num_classes"])
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval().requires_grad_(False), info, path
-    model, info = train_classifier(datamodule, arch=arch, epochs=epochs, seed=seed, **train_kwargs)
+    model, info = train_classifier(datamodule, arch=arch, epochs=epochs, min_steps=min_steps, seed=seed, **train_kwargs)
     info["cache_key"] = datamodule.cache_key("train")
     atomic_save(model.state_dict(), path)
     info["weights_sha256"] = file_sha256(path)

@@ -96,6 +96,7 @@ def reference_stats(datamodule: Any, split: str, extractor: FeatureExtractor, n:
     stats.meta = {"cache_key": cache_key, "split": split, "extractor": extractor.name,
                   "extractor_hash": extractor.weights_hash, "n_requested": n, "n": stats.n, "seed": seed,
                   "kid_max_samples": kid_max_samples, "seconds": time.perf_counter() - t0, "path": str(path)}
+    stats.sqrt_cov()  # saved with the statistics: later FIDs need one eigvalsh only
     if rank == 0:
         atomic_save(stats.to_dict(), path)
     if world > 1:
@@ -119,7 +120,7 @@ def compare_stats(gen: FeatureStats, real: FeatureStats, metrics: Sequence[str] 
     """FID (Fréchet of the two Gaussians), KID (on the stored feature subsets) and IS (of ``gen``)."""
     out: dict[str, Any] = {"n_gen": gen.n, "n_real": real.n}
     if "fid" in metrics:
-        out["fid"] = frechet_distance(gen.mu, gen.cov, real.mu, real.cov)
+        out["fid"] = frechet_distance(gen.mu, gen.cov, real.mu, real.cov, cov2_sqrt=real.sqrt_cov())
     if "kid" in metrics:
         if real.features is None or gen.features is None or min(len(real.features), len(gen.features)) < 2:
             raise ValueError("KID needs stored features in both statistics (kid_max_samples > 1)")

@@ -40,10 +40,18 @@ class FeatureStats:
     is_plogp_sum: torch.Tensor | None = None  # (splits,) float64
     is_count: torch.Tensor | None = None  # (splits,) float64
     meta: dict[str, Any] = field(default_factory=dict)
+    cov_sqrt: torch.Tensor | None = None  # (D, D) float64 Σ^{1/2}, memoised by sqrt_cov()
 
     @property
     def num_features(self) -> int:
         return int(self.mu.shape[0])
+
+    def sqrt_cov(self) -> torch.Tensor:
+        """Σ^{1/2} (symmetric PSD square root), computed once and kept (saved with reference stats,
+        so each FID against them costs one ``eigvalsh`` instead of two eigen-decompositions)."""
+        if self.cov_sqrt is None:
+            self.cov_sqrt = psd_sqrt(self.cov)
+        return self.cov_sqrt
 
     def inception_score(self) -> tuple[float, float]:
         """``(mean, std)`` over splits of IS = exp(E_x KL(p(y|x) ‖ p(y)))."""
@@ -67,20 +75,27 @@ class FeatureStats:
         return acc.statistics()
 
 
-def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor) -> float:
+def psd_sqrt(cov: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a PSD matrix via ``eigh`` in float64 (negative eigenvalues -> 0)."""
+    cov = cov.double().cpu()
+    lam, vec = torch.linalg.eigh((cov + cov.T) / 2)
+    return (vec * lam.clamp(min=0).sqrt()) @ vec.T
+
+
+def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor,
+                     cov2_sqrt: torch.Tensor | None = None) -> float:
     """Fréchet distance between N(μ1, Σ1) and N(μ2, Σ2) (Dowson & Landau 1982; FID, Heusel et al. 2017):
 
-        d² = ‖μ1 − μ2‖² + tr(Σ1) + tr(Σ2) − 2 tr((Σ1^{1/2} Σ2 Σ1^{1/2})^{1/2})
+        d² = ‖μ1 − μ2‖² + tr(Σ1) + tr(Σ2) − 2 tr((Σ2^{1/2} Σ1 Σ2^{1/2})^{1/2})
 
-    Using the symmetric form ``Σ1^{1/2} Σ2 Σ1^{1/2}`` (same non-zero spectrum as Σ1 Σ2) keeps the
-    eigen-problem symmetric PSD: two ``eigh`` calls in float64, eigenvalues clamped at 0, no complex
-    ``sqrtm`` artefacts.
+    ``Σ2^{1/2} Σ1 Σ2^{1/2}`` has the same spectrum as Σ1 Σ2, so tr((Σ1Σ2)^{1/2}) is the sum of the
+    square roots of its eigenvalues; being symmetric PSD, ``eigvalsh`` in float64 suffices (clamped at
+    0, no complex ``sqrtm`` artefacts). Pass ``cov2_sqrt`` (e.g. ``FeatureStats.sqrt_cov()`` of the
+    reference) to skip its eigen-decomposition.
     """
     mu1, mu2, cov1, cov2 = (t.double().cpu() for t in (mu1, mu2, cov1, cov2))
-    cov1, cov2 = (cov1 + cov1.T) / 2, (cov2 + cov2.T) / 2
-    lam, vec = torch.linalg.eigh(cov1)
-    sqrt1 = (vec * lam.clamp(min=0).sqrt()) @ vec.T
-    m = sqrt1 @ cov2 @ sqrt1
+    r = psd_sqrt(cov2) if cov2_sqrt is None else cov2_sqrt.double().cpu()
+    m = r @ cov1 @ r
     tr_covmean = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
     d2 = (mu1 - mu2).square().sum() + cov1.trace() + cov2.trace() - 2 * tr_covmean
     return float(d2.clamp(min=0))

@@ -14,8 +14,9 @@ HASH_LEN = 12  # hex characters of sha256 kept in names and cache keys
 
 
 def default_cache_dir() -> Path:
-    """``$DIFFEXP_CACHE_DIR`` or ``~/.cache/diffexp`` (reference stats, classifiers)."""
-    return Path(os.environ.get("DIFFEXP_CACHE_DIR", Path.home() / ".cache" / "diffexp"))
+    """``$DIFFEXP_CACHE`` or ``~/.cache/diffexp`` (reference stats, classifiers). Hydra runs pass
+    ``paths.cache_dir`` explicitly (conf/extractor/classifier.yaml)."""
+    return Path(os.environ.get("DIFFEXP_CACHE", Path.home() / ".cache" / "diffexp"))
 
 
 def slug(text: str) -> str:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffexp.models.attention import attention
 from diffexp.models.embeddings import LabelEmbedding, TimestepEmbedding, check_labels
 
 
@@ -58,7 +59,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        o = F.scaled_dot_product_attention(q, k, v)
+        o = attention(q, k, v)
         return self.proj(o.transpose(1, 2).reshape(B, N, D))
 
 

@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffexp.models.attention import attention
 from diffexp.models.embeddings import LabelEmbedding, TimestepEmbedding, check_labels
+from diffexp.models.norm import GroupNorm
 
 
 def norm_groups(channels: int, max_groups: int = 32) -> int:
@@ -63,10 +65,10 @@ class ResBlock(nn.Module):
     ):
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.norm1 = nn.GroupNorm(norm_groups(in_channels, max_groups), in_channels)
+        self.norm1 = GroupNorm(norm_groups(in_channels, max_groups), in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_channels if use_scale_shift_norm else out_channels)
-        self.norm2 = nn.GroupNorm(norm_groups(out_channels, max_groups), out_channels)
+        self.norm2 = GroupNorm(norm_groups(out_channels, max_groups), out_channels)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
@@ -92,7 +94,7 @@ class AttentionBlock(nn.Module):
         if channels % num_heads:
             raise ValueError(f"attention channels {channels} are not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(norm_groups(channels, max_groups), channels)
+        self.norm = GroupNorm(norm_groups(channels, max_groups), channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = zero_module(nn.Linear(channels, channels))
 
@@ -101,7 +103,7 @@ class AttentionBlock(nn.Module):
         n, nh = H * W, self.num_heads
         h = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C): a view in channels_last
         q, k, v = self.qkv(h).view(B, n, 3, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)
-        o = F.scaled_dot_product_attention(q, k, v)  # (B, nh, HW, d)
+        o = attention(q, k, v)  # (B, nh, HW, d)
         o = self.proj(o.transpose(1, 2).reshape(B, n, C))
         return x + o.transpose(1, 2).view(B, C, H, W)
 
@@ -249,7 +251,7 @@ class UNet(nn.Module):
                     self._up_is_res.append(False)
         assert not skips
 
-        self.norm_out = nn.GroupNorm(norm_groups(ch, num_groups), ch)
+        self.norm_out = GroupNorm(norm_groups(ch, num_groups), ch)
         self.conv_out = zero_module(nn.Conv2d(ch, self.out_channels, 3, padding=1))
         if channels_last:
             self.to(memory_format=torch.channels_last)

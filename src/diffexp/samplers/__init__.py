@@ -19,6 +19,17 @@ SAMPLERS = {
 }
 
 __all__ = [
-    "Sampler", "StepInfo", "NoiseSource", "Model", "timesteps", "karras_sigmas", "SAMPLERS",
-    "DDPMSampler", "DDIMSampler", "LangevinSampler", "PCSampler", "HeunSampler", "DPMSolverPP2MSampler",
+    "Sampler",
+    "StepInfo",
+    "NoiseSource",
+    "Model",
+    "timesteps",
+    "karras_sigmas",
+    "SAMPLERS",
+    "DDPMSampler",
+    "DDIMSampler",
+    "LangevinSampler",
+    "PCSampler",
+    "HeunSampler",
+    "DPMSolverPP2MSampler",
 ]

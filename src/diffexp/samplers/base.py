@@ -18,8 +18,8 @@ Conventions shared by all samplers:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -30,7 +30,10 @@ from diffexp.process import Prediction
 
 @dataclass
 class StepInfo:
-    """Passed to the per-step callback, once per sampler step (k-diffusion's callback dict).
+    """Passed to the per-step callback, once per sampler step (as k-diffusion's callback dict), with the
+    state at the start of the step and the step's first network evaluation. A step is one timestep of
+    DDPM/DDIM, one σ_i of Heun/Euler/DPM-Solver++ (Heun's second evaluation is not reported), one
+    Langevin iteration, and each predictor and each corrector step of PC.
 
     step: 0-based step index; t: the timestep index the network saw (float; fractional for the
     continuous-σ samplers); sigma: the VE noise level σ_t = √((1-ᾱ_t)/ᾱ_t) at that step; x_t: the
@@ -87,7 +90,8 @@ class Model:
 
     def __call__(self, x: Tensor, t: int | float) -> Prediction:
         if isinstance(t, float) and not t.is_integer():
-            tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
+            dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+            tt = torch.full((x.shape[0],), t, device=x.device, dtype=dtype)
         else:
             tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
         return self.denoiser(x, tt, y=self.y, guidance_scale=self.guidance_scale, clip=self.clip)

@@ -22,10 +22,21 @@ class LangevinSampler(Sampler):
     ``denoise`` ends with Tweedie's x̂_0 = x̃ + σ_L² ∇ log p_{σ_L}(x̃) = E[x_0|x̃] (one more evaluation;
     Song & Ermon 2020 / Jolicoeur-Martineau et al. 2021). ε defaults to NCSN's 2e-5 (σ_L = 0.01)."""
 
-    def __init__(self, num_levels: int = 10, steps_per_level: int = 100, step_size: float = 2e-5,
-                 denoise: bool = True, clip_denoised: bool = True):
+    def __init__(
+        self,
+        num_levels: int = 10,
+        steps_per_level: int = 100,
+        step_size: float = 2e-5,
+        denoise: bool = True,
+        clip_denoised: bool = True,
+    ):
         super().__init__(clip_denoised)
-        self.num_levels, self.steps_per_level, self.step_size, self.denoise = num_levels, steps_per_level, step_size, denoise
+        self.num_levels, self.steps_per_level, self.step_size, self.denoise = (
+            num_levels,
+            steps_per_level,
+            step_size,
+            denoise,
+        )
 
     def nfe(self, num_timesteps: int) -> int:
         return self.num_levels * self.steps_per_level + int(self.denoise)
