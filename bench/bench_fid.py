@@ -6,7 +6,8 @@ Steps (MNIST from --root, or sklearn digits with --data digits):
 3. in a *fresh subprocess per run* (so that ru_maxrss is that run's peak): ``compute_metrics`` on n
    images from a trivial "sampler" — uniform noise, or real training images picked by seed (the FID
    floor at that n) — generated in batches, features extracted batch by batch.
-   Reported: images/s of feature extraction (sampling time excluded), peak RSS, RSS before the
+   Reported: images/s of feature extraction (sampling time excluded), peak RSS (VmHWM; also
+   ``resource.getrusage`` ru_maxrss, which Linux floors at the parent's RSS at fork), RSS before the
    loop, FID/KID/IS. Equal peak RSS for n=1,000 and n=10,000 shows the memory is constant in n.
 
 Results go to ``bench/results/bench_fid_<data>.json`` and a table on stdout.
@@ -40,6 +41,13 @@ def rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
+    """Peak RSS of this process image: ``VmHWM`` from /proc (Linux). ``ru_maxrss`` is reported too, but
+    after fork+exec Linux carries the parent's RSS at fork time into it, so it cannot go below that."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def ru_maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -82,6 +90,7 @@ def child(args) -> dict:
         "n_real": res["n_real"], "extractor": f"{res['extractor']}-{res['extractor_hash']}",
         "loop_seconds": res["seconds"], "sampling_seconds": sample_time[0], "extract_seconds": extract_s,
         "extract_images_per_s": args.n / extract_s, "rss_before_loop_mib": rss_before, "peak_rss_mib": peak_rss_mib(),
+        "ru_maxrss_mib": ru_maxrss_mib(),
         "data_cached_in_rss": x_train is not None,
     }
 
@@ -131,12 +140,12 @@ def main() -> None:
     c = setup["classifier"]
     print(f"classifier {ext.tag}: test accuracy {c['test_accuracy']:.4f}, trained in {c['train_seconds']:.1f}s "
           f"({c['epochs']} epoch(s)); reference stats n={real.n} ({'cached' if real.meta['cached'] else f'{ref_s:.1f}s'})")
-    print(f"{'sampler':<13}{'n':>7}{'extract img/s':>15}{'loop s':>9}{'RSS before':>12}{'peak RSS':>10}"
-          f"{'FID':>10}{'KID':>9}{'IS':>7}")
+    print(f"{'sampler':<13}{'n':>6}{'extract img/s':>14}{'loop s':>8}{'RSS before':>11}{'peak RSS':>10}"
+          f"{'ru_maxrss':>10}{'FID':>10}{'KID':>10}{'IS':>6}")
     for r in runs:
-        print(f"{r['sampler']:<13}{r['n']:>7}{r['extract_images_per_s']:>15.0f}{r['loop_seconds']:>9.1f}"
-              f"{r['rss_before_loop_mib']:>10.0f}MB{r['peak_rss_mib']:>8.0f}MB{r['fid']:>10.3f}{r['kid']:>9.4f}"
-              f"{r['is']:>7.2f}")
+        print(f"{r['sampler']:<13}{r['n']:>6}{r['extract_images_per_s']:>14.0f}{r['loop_seconds']:>8.1f}"
+              f"{r['rss_before_loop_mib']:>9.0f}MB{r['peak_rss_mib']:>8.0f}MB{r['ru_maxrss_mib']:>8.0f}MB"
+              f"{r['fid']:>10.4g}{r['kid']:>10.4g}{r['is']:>6.2f}")
     print(f"threads={args.threads}; results: {out_path}")
 
 

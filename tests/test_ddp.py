@@ -95,7 +95,7 @@ def test_child_command_is_a_plain_run_of_the_same_job():
         ["objective=elbo", "optimizer.lr=0.000123", "+callbacks.x._target_=a.B", "trainer.devices=2"],
         ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "hydra/sweeper=optuna_tpe", "hydra.sweeper.n_trials=4",
          "hydra.sweep.dir=/logs/x", "hydra.mode=MULTIRUN", "hydra.job.chdir=false", "hydra/job_logging=default"],
-        output_dir="/logs/train/multiruns/a=b,c d/1",
+        output_dir="/logs/it's/a=b,c d/1",
     )
     cmd, cwd = ddp_child_command(1, hc)
     assert cmd[:3] == [sys.executable, "-m", "diffexp.cli.train"]
@@ -108,14 +108,15 @@ def test_child_command_is_a_plain_run_of_the_same_job():
     # sweep machinery dropped, other hydra settings kept
     assert not any(c.startswith(("hydra/launcher", "hydra.launcher", "hydra/sweeper", "hydra.sweeper", "hydra.sweep.", "hydra.mode=MULTI")) for c in cmd)
     assert "hydra.job.chdir=false" in cmd and "hydra/job_logging=default" in cmd
-    assert cmd[-4:] == [
-        "hydra.run.dir='/logs/train/multiruns/a=b,c d/1'", "hydra.output_subdir=null", "hydra.job.name=train_ddp_rank1", "hydra.mode=RUN",
+    assert cmd[-5:] == [
+        "hydra.run.dir='/logs/it\\'s/a=b,c d/1'", "hydra.output_subdir=null", "hydra/job_logging=stdout",
+        "hydra.job.name=train_ddp_rank1", "hydra.mode=RUN",
     ]
     # the quoted directory survives Hydra's override parser unchanged
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_override(cmd[-4])
-    assert parsed.value() == "/logs/train/multiruns/a=b,c d/1"
+    parsed = OverridesParser.create().parse_override(cmd[-5])
+    assert parsed.value() == "/logs/it's/a=b,c d/1"
 
 
 def test_shared_run_id_for_external_launchers():
@@ -127,6 +128,16 @@ def test_shared_run_id_for_external_launchers():
     assert shared_run_id({**slurm, "SLURM_NTASKS": "1"}) is None  # one task: the timestamp is fine
     assert shared_run_id({"TORCHELASTIC_RUN_ID": "abc", "WORLD_SIZE": "4", "LOCAL_RANK": "2"}) == "torchrun-abc"
     assert shared_run_id({"TORCHELASTIC_RUN_ID": "none", "WORLD_SIZE": "4"}).startswith("torchrun-")
+
+
+def test_ranks_started_by_torchrun_or_srun_write_nothing_of_their_own():
+    quiet = ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    assert launch.external_rank_overrides({}) == []
+    assert launch.external_rank_overrides({"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "4", "RANK": "0"}) == []
+    assert launch.external_rank_overrides({"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "4", "RANK": "3"}) == quiet
+    assert launch.external_rank_overrides({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}) == quiet
+    assert launch.external_rank_overrides({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SUBMITIT_EXECUTOR": "slurm"}) == []
+    assert launch.external_rank_overrides({"LOCAL_RANK": "1", "WORLD_SIZE": "2"}) == []  # Lightning's child: our command
 
 
 def test_ddp_job_restores_the_environment(monkeypatch):
@@ -232,8 +243,8 @@ def test_multirun_ddp_one_directory_per_job_with_its_hyperparameters(ddp_multiru
         cfg = OmegaConf.load(job_dir / "config.yaml")
         assert cfg.objective._target_ == target
         assert cfg.trainer.devices == 2 and cfg.paths.output_dir == str(job_dir)
-        assert (job_dir / "metrics.json").is_file()
-        assert [p.name for p in job_dir.iterdir() if p.is_dir()] == [".hydra"]  # only rank 0's .hydra, no sub-runs
+        # rank 0's files only: rank 1 wrote no .hydra/, no log file, no sub-run directory
+        assert sorted(p.name for p in job_dir.iterdir()) == [".hydra", "config.yaml", "metrics.json", "train.log"]
         assert sorted(dumps) == ["job0_rank0", "job0_rank1", "job1_rank0", "job1_rank1"]
         ranks = [dumps[f"job{job}_rank{r}"] for r in (0, 1)]
         assert [d["rank"] for d in ranks] == [0, 1] and all(d["world_size"] == 2 for d in ranks)
@@ -262,3 +273,22 @@ def test_ddp_ranks_share_weights_and_ema_but_not_noise(ddp_multirun):
             for d in dump["draws"]:
                 g = make_generator("cpu", dump["seed"], "train", r, d["step"], d["batch_idx"])
                 assert torch.equal(d["noise"], torch.randn(d["noise"].shape, generator=g))
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_torchrun_ranks_share_one_run_directory(tmp_path):
+    """torchrun starts both ranks (Lightning's TorchElasticEnvironment): they compose Hydra's config
+    independently, yet resolve the same run directory (DIFFEXP_RUN_ID from the rendezvous id), and only
+    rank 0 writes .hydra/, the log file, config.yaml and metrics.json there."""
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
+    for key in (*launch.DDP_ENV_VARS, "DIFFEXP_LOGS", "DIFFEXP_RUN_ID", "RANK"):
+        env.pop(key, None)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd = [*torchrun, "train.py", *TINY, "trainer.devices=2", "callbacks=none", f"paths.log_dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (run,) = list((tmp_path / "train" / "runs").iterdir())
+    assert run.name.startswith("torchrun-")
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "config.yaml", "metrics.json", "train.log"]
+    assert OmegaConf.load(run / "config.yaml").trainer.devices == 2

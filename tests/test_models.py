@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import diffexp  # noqa: F401  (import order: see CONTRACTS.md)
-from diffexp.models import DiT, MLP, UNet, count_parameters, timestep_embedding
+from diffexp.models import MLP, DiT, UNet, count_parameters, timestep_embedding
 from diffexp.models.dit import sincos_2d
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -63,27 +63,37 @@ def test_sincos_2d_rows_and_columns():
     torch.testing.assert_close(pe[i * g + j], torch.cat([expect_j, expect_i]))
 
 
-def test_channels_last_group_norm_matches_native_and_gradcheck():
+@pytest.mark.parametrize("act,film", [(False, False), (True, True)])
+def test_fused_group_norm_act_gradcheck_and_matches_native(act, film):
+    """SiLU(GN(x)(1 + s) + t) of norm.py: float64 gradcheck, and equal to the native op composition."""
     import torch.nn.functional as F
 
-    from diffexp.models.norm import GroupNorm, _GroupNormNHWC
+    from diffexp.models.norm import GroupNorm, _GroupNormAct, group_norm_act
 
     torch.manual_seed(0)
     x = (2 * torch.randn(2, 6, 3, 4, dtype=torch.float64) + 1.5).contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
-    w = torch.randn(6, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w, b: _GroupNormNHWC.apply(x, w, b, 3, 1e-5), (x, w, b))
-    gn = GroupNorm(4, 8)
+    w, b = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    s, t = (torch.randn(2, 6, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64)) if film else (None, None)
+    leaves = [v.requires_grad_() for v in (x, w, b, s, t) if v is not None]
+    assert torch.autograd.gradcheck(
+        lambda *v: _GroupNormAct.apply(*(list(v) + [None] * (5 - len(v))), 3, 1e-5, act), tuple(leaves)
+    )
+    norm = GroupNorm(4, 8)
     with torch.no_grad():
-        gn.weight.normal_(), gn.bias.normal_()
+        norm.weight.normal_(), norm.bias.normal_()
     xc = torch.randn(3, 8, 5, 5).contiguous(memory_format=torch.channels_last)
-    y = gn(xc)
+    sc, sh = (torch.randn(3, 8), torch.randn(3, 8)) if film else (None, None)
+    y = group_norm_act(xc, norm, sc, sh, act=act)  # fused path (channels_last, CPU)
+    ref = F.group_norm(xc, 4, norm.weight, norm.bias)
+    if film:
+        ref = ref * (1 + sc[:, :, None, None]) + sh[:, :, None, None]
+    ref = F.silu(ref) if act else ref
     assert y.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y, F.group_norm(xc, 4, gn.weight, gn.bias), atol=1e-5, rtol=1e-5)
-    y16 = gn(xc.bfloat16())  # bf16 activations (autocast): float32 statistics, bf16 output
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(group_norm_act(xc.contiguous(), norm, sc, sh, act=act), ref)  # NCHW: native ops
+    y16 = group_norm_act(xc.bfloat16(), norm, sc, sh, act=act)  # bf16 activations: fp32 statistics
     assert y16.dtype == torch.bfloat16
-    torch.testing.assert_close(y16.float(), y, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(y16.float(), ref, atol=0.05, rtol=0.02)
 
 
 def test_attention_explicit_path_matches_sdpa():
@@ -170,8 +180,14 @@ def test_unet_channels_last_and_bf16_match_fp32():
     cl.load_state_dict(ref.state_dict())
     x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([3, 400]), torch.tensor([1, 4])
     expect = ref(x, t, y)
-    torch.testing.assert_close(cl(x, t, y), expect, atol=1e-4, rtol=1e-4)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    out_cl = cl(x, t, y)
+    assert out_cl.is_contiguous()  # returned in the caller's (NCHW) layout
+    torch.testing.assert_close(out_cl, expect, atol=1e-4, rtol=1e-4)
+    expect.square().mean().backward()
+    out_cl.square().mean().backward()
+    for (name, p), q in zip(ref.named_parameters(), cl.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-3, msg=name)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         low = ref(x, t, y)
     assert low.shape == x.shape and torch.isfinite(low).all()
     assert (low.float() - expect).norm() / expect.norm() < 0.05

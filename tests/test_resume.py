@@ -1,12 +1,14 @@
 """Exact resume: a run stopped at step k (crash, or SIGTERM) and resumed from its last checkpoint ends with
 the same tensors as the uninterrupted run: weights, EMA, optimizer and LR-scheduler state, the objective's
-importance-sampling history, step counters, and the per-step training losses after the resume (which
-prove that the data order, the training noise and the dropout/label-dropout streams continue exactly).
+importance-sampling history, step counters and data position, and the per-step training losses after the
+resume (which prove that the data order, the training noise and the dropout/label-dropout streams continue
+exactly; no RNG state is saved: the module re-derives them from (seed, rank, step, micro-batch)).
 
 The runs go through ``diffexp.cli.train.train`` with the shipped configs (toy2d, a tiny MLP with dropout,
 class-conditional with label dropout, importance-sampled t, cosine LR schedule, validation every 7
-steps, 6 batches per epoch), so the checkpoints at steps 10 and 13 lie inside an epoch and the one at
-12 (SIGTERM) on an epoch boundary.
+steps, 6 batches per epoch). The crash resumes from step 10 (inside epoch 1, batch 4 of 6), the SIGTERM
+run from step 12 (the last batch of epoch 1). Without the resumable training loader (diffexp.resume)
+the crash case fails: the resumed epoch restarts from its first batch.
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ BASE = [
     "trainer.enable_model_summary=false", "logger=none", "callbacks=model_checkpoint", "print_config=false",
 ]
 LOSSES: dict[str, dict[int, float]] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread (two threads stall on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 class Recorder(Callback):
@@ -124,7 +135,8 @@ def test_crash_mid_epoch_then_resume_matches_uninterrupted_run(reference, tmp_pa
     last = tmp_path / "train" / "runs" / "crashed" / "checkpoints" / "last.ckpt"
     saved = read_checkpoint(last)
     assert saved["global_step"] == resume_at  # the last periodic save before the crash
-    #, position["batches"]) == ((resume_at - 1) // 6, (resume_at - 1) % 6 + 1)
+    position = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert (position["epoch"], position["batches"]) == ((resume_at - 1) // 6, (resume_at - 1) % 6 + 1)
     metrics, ckpts = run(tmp_path, "resumed", [f"ckpt_path={last}"], every)
     assert metrics["global_step"] == N
     assert_same_final_state(ref_ckpt, read_checkpoint(ckpts / "last.ckpt"))
@@ -154,3 +166,45 @@ def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact(reference, tmp_p
     assert_same_final_state(ref_ckpt, read_checkpoint(ckpts / "last.ckpt"))
     assert sorted(LOSSES["after_kill"]) == list(range(stopped_at + 1, N + 1))
     assert all(LOSSES["after_kill"][s] == ref_losses[s] for s in LOSSES["after_kill"])
+
+
+@pytest.mark.parametrize("workers,persistent", [(0, False), (2, False), (2, True)])
+def test_loader_state_continues_the_epoch_with_or_without_workers(workers, persistent):
+    """ResumableDataLoader alone, in Lightning's order of calls (load_state_dict, iter, set_epoch): the
+    resumed pass yields exactly the rest of the epoch, the skip happens once, and the next epoch is whole."""
+    from diffexp.data import Toy2DDataModule
+
+    class IndexToy(Toy2DDataModule):  # labels = example index: which examples a batch holds
+        def _load(self):
+            return {k: (x, torch.arange(len(x))) for k, (x, _) in super()._load().items()}
+
+    def loader():
+        dm = IndexToy(num_train=60, num_val=8, num_test=8, batch_size=8, num_workers=workers,
+                      persistent_workers=persistent, seed=3)
+        return dm.train_dataloader()
+
+    def epoch(dl, e, stop=None):
+        dl.sampler.set_epoch(e)
+        out = []
+        for i, (_, y) in enumerate(dl):
+            out.append(y)
+            if stop is not None and i + 1 == stop:
+                break
+        return out
+
+    full = loader()
+    e1, e2 = epoch(full, 1), epoch(full, 2)
+    assert len(e1) == 7 and not torch.equal(torch.cat(e1), torch.cat(e2))
+    first = loader()
+    assert all(torch.equal(a, b) for a, b in zip(epoch(first, 1, stop=3), e1))
+    state = first.state_dict()
+    assert state == {"epoch": 1, "batches": 3, "batch_size": 8, "length": 7}
+    resumed = loader()
+    resumed.load_state_dict(state)
+    it = iter(resumed)  # Lightning creates the iterator before it calls set_epoch
+    resumed.sampler.set_epoch(1)
+    rest = [y for _, y in it]
+    assert len(rest) == 4 and all(torch.equal(a, b) for a, b in zip(rest, e1[3:]))
+    assert resumed.state_dict()["batches"] == 7
+    nxt = epoch(resumed, 2)
+    assert len(nxt) == 7 and all(torch.equal(a, b) for a, b in zip(nxt, e2))

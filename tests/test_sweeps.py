@@ -16,9 +16,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose
-from diffexp import launch
-
-launch.register_resolvers()
 
 TINY = [
     "data=toy2d", "data.num_train=256", "data.num_val=64", "data.batch_size=32",
@@ -175,3 +172,19 @@ def test_experiment_toy2d(tmp_path):
     dm = instantiate(cfg.data)
     assert dm.data_shape == (2,) and dm.data_range is None and cfg.trainer.accelerator == "cpu"
     assert _params(cfg, dm.data_shape) < 1_000_000 and cfg.trainer.max_steps <= 5000
+
+
+def test_wandb_sweep_file_drives_train_py_with_hydra_overrides(tmp_path):
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    sweep = yaml.safe_load((repo / "wandb" / "sweep.yaml").read_text())
+    assert (repo / sweep["program"]).is_file()
+    assert "${args_no_hyphens}" in sweep["command"] and "logger=wandb" in sweep["command"]
+    overrides = []
+    for key, spec in sweep["parameters"].items():
+        value = spec["values"][-1] if "values" in spec else spec["min"]
+        overrides.append(f"{key}={value}")
+    cfg = compose("train", overrides, tmp_path)  # every parameter is a valid override of the train config
+    assert cfg.objective._target_.endswith("ELBOObjective") and cfg.optimizer.lr == sweep["parameters"]["optimizer.lr"]["min"]
+    assert sweep["metric"]["name"] == cfg.optimized_metric and sweep["metric"]["goal"] == "minimize"

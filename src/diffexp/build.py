@@ -59,7 +59,9 @@ def _model_name(cfg: DictConfig) -> str:
     except Exception:  # noqa: BLE001  (no Hydra context: tests, notebooks)
         choice = None
     target = str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
-    return f"model={choice} ({target})" if choice else f"model {target}"
+    if choice and str(choice).split("_")[0].lower() in target.lower():  # (a stale Hydra context names another)
+        return f"model={choice} ({target})"
+    return f"model ({target})"
 
 
 def build_net(cfg: DictConfig, data_shape, num_classes: int | None):
@@ -73,8 +75,8 @@ def build_net(cfg: DictConfig, data_shape, num_classes: int | None):
     except (ValueError, TypeError, AssertionError) as e:
         size = f"image_size={image_size}, in_channels={shape[0]}" if image_size else f"in_channels={shape[0]}"
         raise ConfigError(
-            f"{_model_name(cfg)} cannot be built for the data ({_data_name(cfg)}: data_shape={tuple(shape)}, {size}): "
-            f"{e}. Change the model.* options or the data (e.g. data.image_size)"
+            f"{_model_name(cfg)} cannot be built with its model.* options for the data ({_data_name(cfg)}: "
+            f"data_shape={tuple(shape)}, {size}): {e}. Change the model.* options or the data (e.g. data.image_size)"
         ) from e
 
 

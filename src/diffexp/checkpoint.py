@@ -229,12 +229,18 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         max_steps = trainer.max_steps
         if self.save_last and max_steps is not None and 0 < max_steps <= trainer.global_step \
                 and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._save_final(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # e.g. runs that end by epochs
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._save_final(trainer)
         super().on_train_end(trainer, pl_module)
+
+    def _save_final(self, trainer) -> None:
+        if self.save_last == "link":  # no step file holds this step: a link would point to an older one
+            self.save_last_now(trainer)
+        else:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def save_last_now(self, trainer) -> str:
         """Write ``last.ckpt`` with the current state (a full save, also in ``save_last='link'`` mode)."""

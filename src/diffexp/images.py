@@ -69,8 +69,31 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     return path
 
 
-def log_image(trainer, key: str, image: np.ndarray, step: int) -> None:
-    """Send an HWC uint8 image to every logger that takes images (CSV keeps the PNG on disk only)."""
+def as_uint8_hwc(image) -> np.ndarray:
+    """An image as loggers need it: HWC uint8. uint8 passes through; floats are read as [0, 1] (clamped,
+    rounded: wandb >= 0.31 would log them black); CHW with C in {1, 3, 4} is transposed; HW gets 3 channels."""
+    if isinstance(image, Tensor):
+        image = image.detach().cpu().numpy()
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3:
+        raise ValueError(f"expected an HW, HWC or CHW image, got shape {image.shape}")
+    if image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
+        image = np.moveaxis(image, 0, -1)
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    if image.dtype != np.uint8:
+        if np.issubdtype(image.dtype, np.floating):
+            image = np.round(np.clip(image.astype(np.float64), 0.0, 1.0) * 255.0)
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
+def log_image(trainer, key: str, image, step: int) -> None:
+    """Send an image to every logger that takes images (CSV keeps the PNG on disk only), as HWC uint8
+    (see :func:`as_uint8_hwc`). Loggers' experiments exist on rank 0 only; other ranks do nothing."""
+    image = as_uint8_hwc(image)
     for logger in getattr(trainer, "loggers", []):
         name = type(logger).__name__
         if name == "TensorBoardLogger":

@@ -12,8 +12,8 @@ joblib/submitit worker ``sys.argv`` and ``__main__`` are the worker's, not the t
 :func:`install_ddp_launcher` replaces the command Lightning builds (``_hydra_subprocess_cmd``) by
 :func:`ddp_child_command`: a plain single run of the *same job* —
 ``python -m diffexp.cli.train --config-path=<conf> --config-name=<name> <the job's own overrides>
-<its hydra overrides minus launcher/sweeper/sweep ones> hydra.run.dir="<job output dir>"
-hydra.output_subdir=null hydra.mode=RUN``. The overrides come from ``HydraConfig.get().overrides``,
+<its hydra overrides minus launcher/sweeper/sweep ones> hydra.run.dir='<job output dir>'
+hydra.output_subdir=null hydra/job_logging=stdout hydra.job.name=<name>_ddp_rank<r> hydra.mode=RUN``. The overrides come from ``HydraConfig.get().overrides``,
 which for a sweep job are the concrete values the sweeper chose, so every rank trains the same
 hyper-parameters into the same directory, with any launcher and any sweeper.
 
@@ -100,7 +100,7 @@ def shared_run_id(env: dict[str, str] | None = None) -> str | None:
 # ---- the child command --------------------------------------------------------------------------
 def _quote(value: str) -> str:
     """A Hydra-quoted string value (paths may hold '=', ',' or spaces)."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return "'" + str(value).replace("'", "\\'") + "'"
 
 
 def _is_sweep_only(override: str) -> bool:
@@ -129,6 +129,7 @@ def ddp_child_command(local_rank: int, hydra_cfg: Any = None, entry_module: str 
     command += [
         f"hydra.run.dir={_quote(hydra_cfg.runtime.output_dir)}",
         "hydra.output_subdir=null",  # rank 0 writes .hydra/ and config.yaml; the others write nothing
+        "hydra/job_logging=stdout",  # ... not even a log file: their log lines go to the console
         f"hydra.job.name={hydra_cfg.job.name}_ddp_rank{local_rank}",
         "hydra.mode=RUN",  # never a sweep, even if a config sets hydra.mode=MULTIRUN
     ]
@@ -158,11 +159,13 @@ def ddp_job():
     """Around one job: afterwards restore the DDP environment variables and destroy the process group
     that this process created, so the next job of a sequential sweep launches its own ranks."""
     saved = {k: os.environ.get(k) for k in DDP_ENV_VARS}
-    launches_ranks = "LOCAL_RANK" not in os.environ  # Lightning (not torchrun/SLURM/our parent) starts ranks
+    # Without LOCAL_RANK this process is rank 0 of ranks Lightning starts (or one SLURM task, or a single
+    # process): what it leaves behind is its own. With it, torchrun or a parent rank owns the environment.
+    owns_environment = "LOCAL_RANK" not in os.environ
     try:
         yield
     finally:
-        if launches_ranks:
+        if owns_environment:
             import torch.distributed as dist
 
             if dist.is_available() and dist.is_initialized():
@@ -174,7 +177,12 @@ def ddp_job():
                     os.environ[key] = value
 
 
-# ---- resolvers for conf/logger/wandb.yaml -------------------------------------------------------
+# ---- W&B run names from the composed config -------------------------------------------------------
+# Computed in Python when the logger config leaves them null (no custom resolvers: every process that
+# composes conf/ can resolve it, with or without diffexp.launch imported).
+TAG_GROUPS = ("data", "model", "schedule", "objective", "sampler", "trainer", "experiment")
+
+
 def _hydra_cfg():
     from hydra.core.hydra_config import HydraConfig
 
@@ -182,57 +190,62 @@ def _hydra_cfg():
 
 
 def _is_multirun(hc) -> bool:
-    return hc is not None and str(hc.mode) in ("RunMode.MULTIRUN", "MULTIRUN")
+    return hc is not None and str(hc.get("mode")) in ("RunMode.MULTIRUN", "MULTIRUN")
 
 
 def _choices(hc) -> dict:
     return dict(hc.runtime.choices) if hc is not None else {}
 
 
-def run_name(_root_=None) -> str:
-    """``<model>-<schedule>-<objective>-<prediction>`` from the composed choices (+ ``-<job num>`` in a sweep)."""
-    hc = _hydra_cfg()
+def run_name(cfg, hc=None) -> str:
+    """``<model>-<schedule>-<objective>-<prediction>`` from the composed choices (``-<job num>`` in a sweep)."""
+    hc = hc if hc is not None else _hydra_cfg()
     c = _choices(hc)
-    parts = [c.get("model"), c.get("schedule"), c.get("objective"), _root_.get("prediction") if _root_ is not None else None]
+    parts = [c.get("model"), c.get("schedule"), c.get("objective"), cfg.get("prediction")]
     name = "-".join(str(p) for p in parts if p not in (None, "null"))
     if _is_multirun(hc) and hc.job.get("num") is not None:
         name += f"-{hc.job.num}"
     return name or "diffexp"
 
 
-def run_group(task_name: str) -> str:
-    """W&B group: ``<task>`` for a single run, ``<task>-<sweep dir name>`` for every job of a multirun."""
-    hc = _hydra_cfg()
-    if _is_multirun(hc):
-        return f"{task_name}-{Path(str(hc.sweep.dir)).name}"
-    return str(task_name)
+def run_group(cfg, hc=None) -> str:
+    """``<task>`` for a single run; ``<task>-<sweep dir name>`` for every job of a multirun (one group per sweep)."""
+    hc = hc if hc is not None else _hydra_cfg()
+    task = str(cfg.get("task_name") or "train")
+    return f"{task}-{Path(str(hc.sweep.dir)).name}" if _is_multirun(hc) else task
 
 
-def run_tags(_root_=None) -> list[str]:
-    """The user's ``tags`` plus ``group:choice`` for the main config groups and ``prediction:<target>``."""
-    tags = [str(t) for t in (_root_.get("tags") or [])] if _root_ is not None else []
-    for group, choice in _choices(_hydra_cfg()).items():
-        if group in ("data", "model", "schedule", "objective", "sampler", "trainer", "experiment") and choice not in (None, "null"):
-            tags.append(f"{group}:{choice}")
-    if _root_ is not None and _root_.get("prediction"):
-        tags.append(f"prediction:{_root_.prediction}")
-    return [t[:64] for t in dict.fromkeys(tags)]
+def run_tags(cfg, tags=(), hc=None) -> list[str]:
+    """``tags`` plus ``group:choice`` for the main config groups and ``prediction:<target>`` (64 chars max)."""
+    hc = hc if hc is not None else _hydra_cfg()
+    out = [str(t) for t in (tags or [])]
+    out += [f"{g}:{c}" for g, c in _choices(hc).items() if g in TAG_GROUPS and c not in (None, "null")]
+    if cfg.get("prediction"):
+        out.append(f"prediction:{cfg.prediction}")
+    return [t[:64] for t in dict.fromkeys(out)]
 
 
-def register_resolvers() -> None:
-    from omegaconf import OmegaConf
-
-    for name, fn in (("diffexp.run_name", run_name), ("diffexp.run_group", run_group), ("diffexp.run_tags", run_tags)):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+def external_rank_overrides(env: dict[str, str] | None = None) -> list[str]:
+    """Hydra overrides for a rank > 0 started by torchrun or srun (not by Lightning, not by submitit, whose
+    tasks run their job in-process): it shares rank 0's directory, so it writes no ``.hydra/`` and no log
+    file there (it logs to stdout)."""
+    env = os.environ if env is None else env
+    if "SUBMITIT_EXECUTOR" in env or "SUBMITIT_FOLDER" in env:
+        return []
+    external = ("TORCHELASTIC_RUN_ID" in env and int(env.get("WORLD_SIZE", "1") or 1) > 1) or (
+        "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1") or 1) > 1
+    )
+    rank = int(env.get("RANK", env.get("SLURM_PROCID", "0")) or 0)
+    return ["hydra.output_subdir=null", "hydra/job_logging=stdout"] if external and rank > 0 else []
 
 
 def prepare_launch() -> None:
     """Call once at import of a Hydra entry point, before Hydra composes the config."""
-    register_resolvers()
     rid = shared_run_id()
     if rid and not os.environ.get("DIFFEXP_RUN_ID"):
         os.environ["DIFFEXP_RUN_ID"] = rid
+    if Path(sys.argv[0]).stem in ("train", "diffexp-train"):
+        sys.argv += [o for o in external_rank_overrides() if o not in sys.argv]
     install_ddp_launcher()
 
 
@@ -259,8 +272,10 @@ def wandb_id_from_checkpoint(ckpt_path: str | os.PathLike | None) -> str | None:
 
 def setup_loggers(cfg, loggers: list, ckpt_path: str | os.PathLike | None = None) -> list:
     """Before any logger starts its run: give W&B the full resolved config at ``wandb.init`` (offline runs
-    otherwise lose it, Lightning #20571) and, when resuming from a checkpoint that recorded a W&B run,
-    that run's id with ``resume="allow"``. Returns callbacks to add to the Trainer."""
+    otherwise lose it, Lightning #20571), a name/group/tags from the config choices where the logger config
+    leaves them null (:func:`run_name`, :func:`run_group`, :func:`run_tags`) and, when resuming from a
+    checkpoint that recorded a W&B run, that run's id with ``resume="allow"``. Returns callbacks to add to
+    the Trainer."""
     wandb_loggers = _wandb_loggers(loggers)
     if not wandb_loggers:
         return []
@@ -271,6 +286,11 @@ def setup_loggers(cfg, loggers: list, ckpt_path: str | os.PathLike | None = None
     for logger in wandb_loggers:
         init = logger._wandb_init
         init.setdefault("config", config)
+        if not init.get("name"):
+            init["name"] = logger._name = run_name(cfg)
+        if not init.get("group"):
+            init["group"] = run_group(cfg)
+        init["tags"] = run_tags(cfg, init.get("tags"))
         if run_id and not init.get("id"):
             init.update(id=run_id, resume="allow")
             logger._id = run_id

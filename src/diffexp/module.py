@@ -18,7 +18,8 @@ not updated on them.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -52,6 +53,7 @@ class DiffusionModule(L.LightningModule):
         seed: int = 0,
         config: dict | None = None,
         nonfinite: str = "raise",
+        compile: bool | dict = False,
     ):
         super().__init__()
         self.net = net
@@ -62,6 +64,12 @@ class DiffusionModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup) if ema_decay > 0 else None
+        # torch.compile of the training network, in place (nn.Module.compile): parameter names, state_dict
+        # and checkpoint keys stay those of the eager network (no `_orig_mod.` prefix); the EMA copy stays
+        # eager. ``compile``: False, True, or a dict of torch.compile kwargs (e.g. {backend: eager}).
+        self.compile_options = dict(compile) if isinstance(compile, dict) else ({} if compile else None)
+        if self.compile_options is not None:
+            self.net.compile(**self.compile_options)
         self.num_classes = num_classes
         if not 0.0 <= label_dropout < 1.0:
             raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
@@ -112,6 +120,8 @@ class DiffusionModule(L.LightningModule):
 
     def _log_terms(self, prefix: str, out, batch_size: int, on_step: bool) -> None:
         self.log(f"{prefix}/loss", out.loss, prog_bar=True, batch_size=batch_size, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        if on_step and not self._logging_step():
+            return  # step values reach the loggers every log_every_n_steps; the rest would cost ~10 self.log calls
         for name, value in out.terms.items():
             self.log(f"{prefix}/{name}", value, batch_size=batch_size, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
         # Loss per quarter of the t range: where in the process the model is still bad.
@@ -124,6 +134,13 @@ class DiffusionModule(L.LightningModule):
                     f"{prefix}/loss_t{q}", out.per_sample[mask].mean(), batch_size=int(mask.sum()),
                     on_step=on_step, on_epoch=not on_step, sync_dist=not on_step,
                 )
+
+    def _logging_step(self) -> bool:
+        """Whether this training step's logged values are written to the loggers (Lightning writes on-step
+        values every ``log_every_n_steps``)."""
+        trainer = self._trainer
+        connector = getattr(trainer, "_logger_connector", None) if trainer is not None else None
+        return bool(getattr(connector, "should_update_logs", True))
 
     # ---- Lightning hooks ------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -181,7 +198,7 @@ class DiffusionModule(L.LightningModule):
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         self._skip_ema = False
         if not bad:
-            if total is not None:
+            if total is not None and self._logging_step():
                 self.log("train/grad_norm", total, on_step=True, on_epoch=False)
             return
         if bad_loss is None and self._loss_scaler() is not None:
@@ -255,7 +272,7 @@ class DiffusionModule(L.LightningModule):
         ours = {"data_shape": list(self.data_shape), "num_classes": self.num_classes, "prediction": self.prediction,
                 "num_timesteps": self.schedule.num_timesteps}
         for key, value in ours.items():
-            if key in meta and meta[key] != value and not any(d.startswith(key) for d in diffs):
+            if key in meta and meta[key] != value and not any(key in d.split(":")[0] for d in diffs):
                 diffs.append(f"{key}: checkpoint {meta[key]!r}, config {value!r}")
         theirs = set(checkpoint.get("state_dict", {}))
         mine = set(self.state_dict())

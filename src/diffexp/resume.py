@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 class _SkipFirst:
     """An index sampler whose iteration starts ``loader._skipping`` items in (read when iterated)."""
 
-    def __init__(self, base, loader: "ResumableDataLoader"):
+    def __init__(self, base, loader: ResumableDataLoader):
         self.base, self.loader = base, loader
 
     def __iter__(self):
@@ -46,7 +46,7 @@ class _SkipFirst:
 class _CountingIterator:
     """Wraps a DataLoader iterator and counts the batches it returns into ``loader._yielded``."""
 
-    def __init__(self, it, loader: "ResumableDataLoader"):
+    def __init__(self, it, loader: ResumableDataLoader):
         self._it, self._loader = it, loader
 
     def __iter__(self):
@@ -150,6 +150,14 @@ def find_auto_checkpoint(root: str | Path, config: dict | None = None) -> tuple[
 _RESOLVED: dict[tuple, str | None] = {}
 
 
+def _say(message: str) -> None:
+    """Print once per job: on the process of global rank 0 (DDP ranks all resolve the same checkpoint)."""
+    import os
+
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0:
+        print(message, flush=True)
+
+
 def resolve_ckpt_path(cfg) -> str | None:
     """The checkpoint ``train`` resumes from, checked before anything trains.
 
@@ -180,9 +188,9 @@ def resolve_ckpt_path(cfg) -> str | None:
     if ckpt == "auto":
         path, notes = find_auto_checkpoint(root, current)
         for note in notes:
-            print(f"[diffexp] ckpt_path=auto: {note}")
+            _say(f"[diffexp] ckpt_path=auto: {note}")
         if path is None:
-            print(f"[diffexp] ckpt_path=auto: no compatible last.ckpt under {root}; training from scratch")
+            _say(f"[diffexp] ckpt_path=auto: no compatible last.ckpt under {root}; training from scratch")
     else:
         path = str(ckpt)
         meta = read_checkpoint_meta(path)  # CheckpointError: missing, truncated, not diffexp's
@@ -195,7 +203,7 @@ def resolve_ckpt_path(cfg) -> str | None:
             )
     if path is not None:
         meta = read_checkpoint_meta(path)
-        print(f"[diffexp] resuming from {path} (global step {meta.get('global_step')}, epoch {meta.get('epoch')}); "
+        _say(f"[diffexp] resuming from {path} (global step {meta.get('global_step')}, epoch {meta.get('epoch')}); "
               f"this run writes to its own new directory {out_dir}")
     _RESOLVED[key] = path
     return path

@@ -122,6 +122,18 @@ def _sampler_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     return nodes
 
 
+def _check_discrete_grid(sampler, T: int) -> None:
+    """Samplers that step along the schedule's own timesteps (DDIM, DDPM, PC) need steps <= T; the grid
+    function raises a ValueError saying so (continuous-σ samplers such as Heun/DPM-Solver++ are not bound)."""
+    from diffexp.samplers import DDIMSampler, DDPMSampler, PCSampler
+    from diffexp.samplers.base import timesteps
+
+    steps = getattr(sampler, "steps", None)
+    if isinstance(sampler, (DDIMSampler, DDPMSampler, PCSampler)) and steps is not None:
+        spacing = getattr(sampler, "spacing", "uniform")
+        timesteps(T, int(steps), spacing if spacing in ("uniform", "quadratic", "trailing") else "uniform")
+
+
 def _check_samplers(cfg: DictConfig, T: int | None, errors: list[str]) -> None:
     seen = set()
     for key, node in _sampler_nodes(cfg):
@@ -136,10 +148,12 @@ def _check_samplers(cfg: DictConfig, T: int | None, errors: list[str]) -> None:
         try:
             sampler = instantiate(node)
             if T is not None:
-                sampler.nfe(T)  # raises ValueError when the steps cannot run on this schedule (e.g. steps > T)
+                sampler.nfe(T)
+                _check_discrete_grid(sampler, T)
         except (ValueError, TypeError) as e:
-            detail = f" (schedule.num_timesteps={T})" if T is not None else ""
-            errors.append(f"{key} ({node.get('_target_', '?')}, steps={steps}){detail}: {e}")
+            where = f"{key}.steps={steps}" if steps is not None else f"{key} ({node.get('_target_', '?')})"
+            detail = f" with schedule.num_timesteps={T}" if T is not None else ""
+            errors.append(f"{where}{detail}: {e}")
 
 
 def _check_objective(cfg: DictConfig, schedule, errors: list[str]) -> None:

@@ -13,7 +13,7 @@ from diffexp.config import CONFIG_DIR, print_config_tree, setup_environment
 from diffexp.launch import ddp_job, finish_loggers, prepare_launch, setup_loggers
 
 setup_environment()
-prepare_launch()  # DDP ranks under Hydra runs/multiruns, shared run dir under torchrun/srun, W&B resolvers
+prepare_launch()  # DDP ranks under Hydra runs/multiruns; one run dir for torchrun/srun ranks (diffexp/launch.py)
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402

@@ -245,7 +245,7 @@ class BaseDataModule(L.LightningDataModule):
         world, rank = self._world()
         sampler = EpochSampler(ds, num_replicas=world, rank=rank, shuffle=train and self.shuffle, seed=self.seed)
         # Training: a loader whose position in the epoch is saved in checkpoints (exact mid-epoch resume).
-        return (DataLoader if train else DataLoader)(
+        return (ResumableDataLoader if train else DataLoader)(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,

@@ -161,7 +161,8 @@ class SampleQuality(FeatureAccumulator):
     def update(self, images: torch.Tensor, index: torch.Tensor | None = None) -> None:  # type: ignore[override]
         """Add generated images (float in [-1, 1]); ``index``: their global sample indices (IS splits)."""
         ext = self.extractor
-        if next(ext.parameters()).device != images.device:
+        param = next(ext.parameters(), None)
+        if param is not None and param.device != images.device:
             ext.to(images.device)
         feats, logits = ext(images)
         super().update(feats, logits if self.num_classes is not None else None, index)
@@ -200,7 +201,8 @@ def compute_metrics(sample_fn: Callable[[list[int]], torch.Tensor], n: int, extr
     t0 = time.perf_counter()
     for i in range(0, len(seeds), batch_size):
         batch = seeds[i:i + batch_size]
-        x = sample_fn(batch)
+        with torch.no_grad():
+            x = sample_fn(batch)
         if x.shape[0] != len(batch):
             raise ValueError(f"sample_fn returned {x.shape[0]} samples for {len(batch)} seeds")
         if data_range is not None:

@@ -58,7 +58,8 @@ class FeatureExtractor(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if x.dim() != 4:
             raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
-        device = next(self.parameters()).device
+        param = next(self.parameters(), None)
+        device = x.device if param is None else param.device
         feats, logits = [], []
         for chunk in x.split(self.max_batch):
             f, lg = self.extract(self.preprocess(chunk.to(device)))

@@ -1,23 +1,30 @@
-"""GroupNorm with a fast path for channels_last activations on CPU.
+"""GroupNorm, optionally fused with a per-sample affine (FiLM) and SiLU, fast on CPU.
 
-GroupNorm (Wu & He 2018): for each sample b and group g of C/G channels, with μ, σ² the mean and
-(biased) variance over the group's N = H·W·C/G values,
+GroupNorm (Wu & He 2018): for sample b and group g of C/G channels, with μ, σ² the mean and biased
+variance over the group's n = H·W·C/G values and rstd = (σ² + ε)^{-1/2},
 
-    y = (x - μ) / √(σ² + ε) · w_c + b_c   =  x · a_{bc} + d_{bc},   a = w·rstd,  d = b - μ·a.
+    GN(x) = (x - μ)·rstd·w_c + b_c.
 
-PyTorch's native CPU kernel is fast for NCHW but very slow for channels_last inputs (≈30× slower for
-bf16 at 64×32×28×28 in our measurements), while oneDNN convolutions are fastest in channels_last
-(and with bf16 on AMX). :class:`GroupNorm` keeps ``nn.GroupNorm``'s parameters/state dict and, for
-channels_last inputs outside ``torch.compile``, computes the statistics with per-channel sums over the
-(B, H·W, C) view, σ² = E[x²] - μ² in float32, and applies y = x·a + d in one broadcast pass.
-The hand-written backward is the standard one:
+The UNet always follows it by a FiLM modulation and/or SiLU (Nichol & Dhariwal 2021, "scale-shift
+norm"):  z = GN(x)·(1 + s_{bc}) + t_{bc},  y = SiLU(z).  Folding everything into per-(b, c) coefficients,
 
-    dL/dx = rstd · (w·g - mean_grp(w·g) - x̂ · mean_grp(w·g·x̂)),   x̂ = (x - μ)·rstd,
-    dL/dw_c = Σ_{b,hw} g·x̂,   dL/db_c = Σ_{b,hw} g,
+    z = x·A + D,   A = rstd·w·(1 + s),   D = (b - μ·rstd·w)(1 + s) + t,
 
-with all reductions done as per-(b, c) sums and the final dx = g·A + x·B' + C' as two fused passes.
-Statistics and coefficients are computed in float32 whatever the input dtype (bf16 under autocast);
-the output has the input's dtype.
+so the forward is two reductions (Σx, Σx² in float32; σ² = E[x²] - μ²) and one broadcast pass. The
+hand-written backward (g = ∂L/∂z, after SiLU'(z) which is recomputed from x instead of stored) is
+
+    S_{bc} = Σ_hw g,   P_{bc} = Σ_hw g·x̂ = rstd·(Σ_hw g·x - μ·S),   w' = w·(1 + s),
+    m₁ = Σ_{c∈grp} w'S / n,   m₂ = Σ_{c∈grp} w'P / n                     (per sample and group)
+    ∂L/∂x = rstd·(w'·g - m₁ - x̂·m₂) = g·(rstd·w') - x·(rstd²·m₂) + rstd·(μ·rstd·m₂ - m₁),
+    ∂L/∂t = S,  ∂L/∂s = w·P + b·S,  ∂L/∂w_c = Σ_b (1 + s)·P,  ∂L/∂b_c = Σ_b (1 + s)·S.
+
+Why: PyTorch's native CPU GroupNorm is very slow for channels_last inputs (≈30× slower for bf16 at
+64×32×28×28), yet oneDNN convolutions are fastest in channels_last (bf16 on AMX); and the unfused
+GN → FiLM → SiLU chain makes 3 extra passes and stores 3 extra activations. For channels_last CPU
+tensors outside ``torch.compile`` (inductor fuses the plain ops itself), :func:`group_norm_act` uses the
+fused function; elsewhere (NCHW, where the native CPU kernels are as fast, GPU, compile) it composes
+the native ops, with identical results up to rounding. Statistics and
+coefficients are float32 whatever the input dtype (bf16 under autocast); the output has the input's dtype.
 """
 
 from __future__ import annotations
@@ -32,72 +39,109 @@ def _acc(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-def _nhwc(x: Tensor) -> Tensor:
-    """(B, C, H, W) channels_last tensor → the (B, H·W, C) view of the same memory."""
-    B, C, H, W = x.shape
-    return x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+def _expand(v: Tensor, cg: int) -> Tensor:
+    """(B, G) → (B, C) by repeating each group's value over its channels."""
+    return v.repeat_interleave(cg, dim=1)
 
 
-class _GroupNormNHWC(torch.autograd.Function):
+class _GroupNormAct(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> Tensor:
+    def forward(ctx, x, weight, bias, scale, shift, groups: int, eps: float, act: bool):
         B, C, H, W = x.shape
         cg = C // groups
         n = H * W * cg
-        xf = _acc(_nhwc(x))
-        s1 = xf.sum(1).view(B, groups, cg).sum(-1)
-        s2 = (xf * xf).sum(1).view(B, groups, cg).sum(-1)
-        mean = s1 / n
-        rstd = torch.rsqrt((s2 / n - mean * mean).clamp_min(0.0) + eps)  # (B, G)
-        a = rstd.repeat_interleave(cg, dim=1) * weight.to(xf.dtype)  # (B, C)
-        d = bias.to(xf.dtype) - mean.repeat_interleave(cg, dim=1) * a
-        y = torch.addcmul(d.view(B, C, 1, 1), xf.view(B, H, W, C).permute(0, 3, 1, 2), a.view(B, C, 1, 1))
-        ctx.save_for_backward(x, weight, mean, rstd)
-        return y.to(x.dtype)
+        xf = _acc(x)
+        mean = xf.sum((2, 3)).view(B, groups, cg).sum(-1) / n
+        ex2 = (xf * xf).sum((2, 3)).view(B, groups, cg).sum(-1) / n
+        rstd = torch.rsqrt((ex2 - mean * mean).clamp_min(0.0) + eps)  # (B, G)
+        w, b = weight.to(xf.dtype), bias.to(xf.dtype)
+        a = _expand(rstd, cg) * w  # (B, C)
+        d = b - _expand(mean, cg) * a
+        if scale is not None:
+            s1 = 1.0 + scale.to(xf.dtype)
+            a, d = a * s1, d * s1
+        if shift is not None:
+            d = d + shift.to(xf.dtype)
+        z = torch.addcmul(d.view(B, C, 1, 1), xf, a.view(B, C, 1, 1))
+        if act:
+            z = F.silu(z, inplace=True)
+        ctx.save_for_backward(x, weight, bias, scale, mean, rstd, a, d)
+        ctx.groups, ctx.act = groups, act
+        ctx.has_shift = shift is not None
+        return z.to(x.dtype)
 
     @staticmethod
-    def backward(ctx, g: Tensor):
-        x, weight, mean, rstd = ctx.saved_tensors
+    def backward(ctx, g):
+        x, weight, bias, scale, mean, rstd, a, d = ctx.saved_tensors
         B, C, H, W = x.shape
-        groups = mean.shape[1]
+        groups = ctx.groups
         cg = C // groups
         n = H * W * cg
-        g = g.contiguous(memory_format=torch.channels_last)
-        gf, xf = _acc(_nhwc(g)), _acc(_nhwc(x))
-        s1 = gf.sum(1)  # Σ_hw g                (B, C)
-        s2 = (gf * xf).sum(1)  # Σ_hw g·x       (B, C)
-        mean_c, rstd_c = mean.repeat_interleave(cg, 1), rstd.repeat_interleave(cg, 1)
-        w = weight.to(xf.dtype)
-        gxhat = rstd_c * (s2 - mean_c * s1)  # Σ_hw g·x̂   (B, C)
-        grad_w = gxhat.sum(0).to(weight.dtype) if ctx.needs_input_grad[1] else None
-        grad_b = s1.sum(0).to(weight.dtype) if ctx.needs_input_grad[2] else None
-        grad_x = None
+        xf = _acc(x)
+        gf = _acc(g)
+        if ctx.act:  # SiLU'(z) with z recomputed from x
+            z = torch.addcmul(d.view(B, C, 1, 1), xf, a.view(B, C, 1, 1))
+            gf = torch.ops.aten.silu_backward(gf, z)
+            del z
+        S = gf.sum((2, 3))  # Σ_hw g      (B, C)
+        Sx = (gf * xf).sum((2, 3))  # Σ_hw g·x    (B, C)
+        mean_c, rstd_c = _expand(mean, cg), _expand(rstd, cg)
+        P = rstd_c * (Sx - mean_c * S)  # Σ_hw g·x̂  (B, C)
+        w, b = weight.to(xf.dtype), bias.to(xf.dtype)
+        s1 = 1.0 + scale.to(xf.dtype) if scale is not None else None
+        w_eff = w * s1 if s1 is not None else w.expand(B, C)
+
+        grad_x = grad_w = grad_b = grad_scale = grad_shift = None
         if ctx.needs_input_grad[0]:
-            m1 = (w * s1).view(B, groups, cg).sum(-1) / n  # mean_grp(w·g)      (B, G)
-            m2 = (w * gxhat).view(B, groups, cg).sum(-1) / n  # mean_grp(w·g·x̂)  (B, G)
-            coef_x = (-rstd * rstd * m2).repeat_interleave(cg, 1)  # (B, C)
-            const = (rstd * (mean * rstd * m2 - m1)).repeat_interleave(cg, 1)
-            coef_g = rstd_c * w
-            t = torch.addcmul(const.view(B, 1, C), xf, coef_x.view(B, 1, C))
-            grad_x = torch.addcmul(t, gf, coef_g.view(B, 1, C)).view(B, H, W, C).permute(0, 3, 1, 2).to(x.dtype)
-        return grad_x, grad_w, grad_b, None, None
+            m1 = (w_eff * S).view(B, groups, cg).sum(-1) / n
+            m2 = (w_eff * P).view(B, groups, cg).sum(-1) / n
+            coef_x = _expand(-rstd * rstd * m2, cg)
+            const = _expand(rstd * (mean * rstd * m2 - m1), cg)
+            t = torch.addcmul(const.view(B, C, 1, 1), xf, coef_x.view(B, C, 1, 1))
+            grad_x = torch.addcmul(t, gf, (rstd_c * w_eff).view(B, C, 1, 1)).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = (P * s1 if s1 is not None else P).sum(0).to(weight.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_b = (S * s1 if s1 is not None else S).sum(0).to(bias.dtype)
+        if scale is not None and ctx.needs_input_grad[3]:
+            grad_scale = w * P + b * S  # autograd casts gradients to the inputs' dtypes
+        if ctx.has_shift and ctx.needs_input_grad[4]:
+            grad_shift = S
+        return grad_x, grad_w, grad_b, grad_scale, grad_shift, None, None, None
 
 
-def group_norm(x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
-    """``F.group_norm`` with the channels_last fast path (4-D inputs, H·W > 1, eager mode)."""
-    if (
+def _use_fused(x: Tensor) -> bool:
+    # channels_last CPU tensors only: for NCHW the native kernels are as fast or faster (measured).
+    return (
         x.ndim == 4
+        and x.device.type == "cpu"
         and x.shape[2] * x.shape[3] > 1
         and x.is_contiguous(memory_format=torch.channels_last)
         and not x.is_contiguous()
         and not torch.compiler.is_compiling()
-    ):
-        return _GroupNormNHWC.apply(x, weight, bias, groups, eps)
-    return F.group_norm(x, groups, weight, bias, eps)
+    )
+
+
+def group_norm_act(
+    x: Tensor,
+    norm: nn.GroupNorm,
+    scale: Tensor | None = None,
+    shift: Tensor | None = None,
+    act: bool = True,
+) -> Tensor:
+    """SiLU(GN(x)·(1 + scale) + shift) (SiLU only when ``act``); scale/shift are (B, C) or None."""
+    if _use_fused(x):
+        return _GroupNormAct.apply(x, norm.weight, norm.bias, scale, shift, norm.num_groups, norm.eps, act)
+    h = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    if scale is not None:
+        h = h * (1.0 + scale[:, :, None, None])
+    if shift is not None:
+        h = h + shift[:, :, None, None]
+    return F.silu(h) if act else h
 
 
 class GroupNorm(nn.GroupNorm):
-    """Drop-in ``nn.GroupNorm`` (same parameters and state dict) using :func:`group_norm`."""
+    """Drop-in ``nn.GroupNorm`` (same parameters and state dict) using the fused CPU path."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return group_norm_act(x, self, act=False)
