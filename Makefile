@@ -24,7 +24,7 @@ data: $(STAMP)
 
 # The default experiment: MNIST, small UNet, EMA, on CPU (see README for what it does and its time).
 train: data
-	$(PY) train.py $(ARGS)
+	$(PY) train.py experiment=mnist_cpu $(ARGS)
 
 # The default test suite (no slow tests; notebooks included).
 test: $(STAMP)

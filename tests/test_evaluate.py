@@ -134,7 +134,7 @@ def test_multirun_over_samplers_writes_records_and_summary(ckpt, tmp_path):
     assert {r["sampler"] for r in records.values()} == {"ddim-4", "dpmpp_2m-4"} and set(records) == {"0", "1"}
     for r in records.values():
         assert r["hydra"]["multirun"] and r["hydra"]["sweep_dir"] == str(sweep)
-        assert f"sampler.steps=4" in r["hydra"]["overrides"] and "nll_bpd" in r["values"]
+        assert "sampler.steps=4" in r["hydra"]["overrides"] and "nll_bpd" in r["values"]
         assert any(k.startswith("fid/random-") and "/n16/" in k for k in r["keys"])
     rows = list(csv.DictReader(open(sweep / "summary.csv")))
     assert sorted(r["sampler"] for r in rows) == ["ddim-4", "dpmpp_2m-4"]

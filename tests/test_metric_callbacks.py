@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import compose
-from diffexp.callbacks import MetricsCallback, NLLCallback, PointsExtractor, sliced_wasserstein
+from diffexp.callbacks import PointsExtractor, sliced_wasserstein
 from diffexp.callbacks.metrics import evaluate_samples, make_metrics_extractor, resolve_metrics, sampler_family
 from diffexp.cli.train import train
 from diffexp.metrics import FeatureStats, make_extractor
@@ -54,10 +54,10 @@ def test_sliced_wasserstein_matches_closed_forms():
     # Scale change: every projection of N(0, I) vs N(0, 4I) is N(0,1) vs N(0,4), W2 = |1 - 2| = 1 exactly.
     y = 2 * torch.randn(n + 1000, 2, generator=g, dtype=torch.float64)  # unequal sizes use the quantile grid
     assert sliced_wasserstein(x, y, projections=64) == pytest.approx(1.0, abs=0.06)
-    # Shift: SW2^2 = E(θᵀμ)^2 = |μ|^2 / D. Sampling error of the mean shift: std ≈ |μ| sqrt(2/n) ≈ 0.04.
+    # Shift: SW2^2 = E(θᵀμ)^2 = |μ|^2 / D. Errors: mean shift std ≈ |μ| sqrt(2/n) ≈ 0.04, 1000 directions ≈ 0.04.
     mu = torch.tensor([1.5, -1.0], dtype=torch.float64)
     z = torch.randn(n, 2, generator=g, dtype=torch.float64) + mu
-    assert sliced_wasserstein(x, z, projections=2000) ** 2 == pytest.approx(mu.square().sum().item() / 2, abs=0.2)
+    assert sliced_wasserstein(x, z, projections=1000) ** 2 == pytest.approx(mu.square().sum().item() / 2, abs=0.2)
     # Same distribution: close to 0 (finite-sample W2 of 1-D Gaussians at n=4000 is ~0.03).
     same = torch.randn(n, 2, generator=g, dtype=torch.float64)
     assert sliced_wasserstein(x, same) < 0.08

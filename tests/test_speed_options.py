@@ -21,6 +21,7 @@ from diffexp.models import MLP, UNet
 from diffexp.models.attention import attention
 from diffexp.module import DiffusionModule
 from diffexp.objectives import SimpleObjective
+from diffexp.samplers import NoiseSource
 from diffexp.schedules import linear
 
 TINY_UNET = dict(in_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
@@ -222,3 +223,20 @@ def test_bf16_mixed_training_keeps_fp32_weights_and_ema(tmp_path):
         assert int(module.ema.num_updates) == 2
     assert len(losses["32"]) == len(losses["bf16-mixed"]) == 2
     assert abs(losses["bf16-mixed"][0] - losses["32"][0]) / losses["32"][0] < 2e-2, losses
+
+
+# ---- per-sample noise ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2,), (1, 8, 8)])
+def test_per_sample_noise_equals_separate_generator_draws(shape, dtype):
+    """NoiseSource fills row i in place from sample i's generator: bit-identical to drawing each sample
+    with its own torch.Generator(seed_i) and torch.randn, for the first and the later draws."""
+    seeds = [3, 0, 7, 12345]
+    src = NoiseSource(len(seeds), "cpu", dtype=dtype, seeds=seeds)
+    draws = [src.randn(shape), src.randn(shape)]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    for draw in draws:
+        ref = torch.stack([torch.randn(shape, generator=g, dtype=dtype) for g in gens])
+        assert draw.dtype == dtype and draw.shape == (len(seeds), *shape)
+        assert torch.equal(draw, ref)
+    assert not torch.equal(draws[0], draws[1])

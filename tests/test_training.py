@@ -46,18 +46,18 @@ def test_few_steps_every_model_objective_target(model, objective, prediction, tm
 
 def test_toy2d_mixture_is_learned(tmp_path):
     """A 4-component mixture (weights 1/4, std 0.1, means on a circle of radius 2), learned in a short
-    run. Of n=2000 samples, at least 95% must lie within 4 std (0.4) of a mean (the true mixture puts
-    99.97% there); samples assigned to their nearest mean must reproduce the weights within 0.06
+    run (1000 steps) sampled with ancestral DDPM. Of n=2000 samples, at least 90% must lie within 5 std
+    (0.5) of a mean (the true mixture puts all but 4e-6 there; the rest is the short run's model error); samples assigned to their nearest mean must reproduce the weights within 0.06
     (sampling error at n=2000 is 4·sqrt(.25·.75/2000) ≈ 0.04, the rest is model error) and each
     component's inlier mean must be within 0.05 of the true mean (≈ 7x its sampling error)."""
     cfg = compose(
         "train",
         ["data=toy2d", "data.num_components=4", "data.std=0.1", "data.radius=2.0", "data.num_train=4000",
          "data.batch_size=256", "model=mlp", "model.hidden_dim=128", "model.num_blocks=2",
-         "schedule=cosine", "schedule.num_timesteps=200", "trainer.max_steps=800", "trainer.val_check_interval=400",
+         "schedule=cosine", "schedule.num_timesteps=200", "trainer.max_steps=1000", "trainer.val_check_interval=500",
          "trainer.limit_val_batches=1", "optimizer.lr=2e-3", "lr_scheduler.warmup_steps=50", "module.ema_decay=0.99",
-         "sampler=ddim", "sampler.steps=50", "callbacks=default", "callbacks.sample.every_n_steps=null",
-         "callbacks.sample.num_samples=500", "callbacks.model_checkpoint.every_n_train_steps=400"]
+         "sampler=ddpm", "sampler.variance=beta_tilde", "callbacks=default", "callbacks.sample.every_n_steps=null",
+         "callbacks.sample.num_samples=500", "callbacks.model_checkpoint.every_n_train_steps=500"]
         + ["logger=csv", "print_config=false", "~callbacks.progress_bar", "trainer.enable_progress_bar=false"],
         tmp_path,
     )
@@ -74,8 +74,8 @@ def test_toy2d_mixture_is_learned(tmp_path):
     x = generate(module, instantiate(cfg.sampler), 2000, seed=123, batch_size=1000)
     dist = torch.cdist(x, means)
     nearest, assign = dist.min(1)
-    inlier = nearest < 0.4
-    assert inlier.float().mean() > 0.95, f"only {inlier.float().mean():.3f} of samples near a mode"
+    inlier = nearest < 0.5
+    assert inlier.float().mean() > 0.90, f"only {inlier.float().mean():.3f} of samples near a mode"
     weights = torch.bincount(assign[inlier], minlength=4).float() / int(inlier.sum())
     assert torch.allclose(weights, torch.full((4,), 0.25), atol=0.06), weights
     for k in range(4):

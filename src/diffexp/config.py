@@ -35,9 +35,26 @@ def wandb_offline() -> bool:
     return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
 
 
+def auto_precision() -> str:
+    """``bf16-mixed`` where bf16 matmuls are native (a bf16-capable GPU, or a CPU with AMX-BF16 /
+    AVX512-BF16, where it was measured ~1.3-2x faster for the default UNet), else ``32``. Weights, EMA
+    and loss reductions stay fp32 either way."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32"
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="ignore")
+    except OSError:
+        return "32"
+    return "bf16-mixed" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "32"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("diffexp.wandb_offline"):
         OmegaConf.register_new_resolver("diffexp.wandb_offline", wandb_offline)
+    if not OmegaConf.has_resolver("diffexp.auto_precision"):
+        OmegaConf.register_new_resolver("diffexp.auto_precision", auto_precision)
 
 
 def setup_environment() -> None:

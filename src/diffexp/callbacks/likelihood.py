@@ -37,6 +37,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from diffexp.callbacks.metrics import _jsonable, log_provenance, log_values, reference_split, write_json
 from diffexp.likelihood import elbo_bits_per_dim
@@ -212,6 +213,9 @@ class NLLCallback(L.Callback):
         log_values(trainer, values, step)
         if trainer.is_global_zero:
             self._record(trainer, result, weights)
+        rank_zero_info(f"[nll] step {step}: {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} bits/dim "
+                       f"({result['convention_tag']}, {self.used_split} n={result['n']}, {weights}; "
+                       f"{result['seconds']:.1f} s)")
         return result
 
     def _record(self, trainer: L.Trainer, result: dict[str, Any], weights: str) -> None:

@@ -55,6 +55,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from diffexp.metrics import FeatureExtractor, FeatureStats, SampleQuality, compare_stats, metric_key, reference_stats
 from diffexp.metrics.utils import dist_info
@@ -64,7 +65,7 @@ POINT_METRICS = ("fid", "kid", "swd")
 SAMPLE_METRICS = ("fid", "kid", "is", "swd")
 LOGGED = ("fid", "kid", "kid_std", "is", "is_std", "swd")
 
-__all__ = ["MetricsCallback", "PointsExtractor", "evaluate_samples", "is_points", "make_metrics_extractor",
+__all__ = ["MetricsCallback", "PointsExtractor", "cached_reference_stats", "evaluate_samples", "is_points", "make_metrics_extractor",
            "provenance", "provenance_key", "reference_split", "resolve_metrics", "sampler_family", "sliced_wasserstein"]
 
 
@@ -80,12 +81,50 @@ class PointsExtractor(FeatureExtractor):
         super().__init__()
         self.num_features, self.num_classes = int(dim), None
         self.weights_hash = hashlib.sha256(f"identity-{self.num_features}".encode()).hexdigest()[:12]
+        # An empty parameter that only carries the device (like a real extractor's weights), so that
+        # ``.to(device)`` decides where features, and the accumulators fed by them, live.
+        self.anchor = torch.nn.Parameter(torch.empty(0), requires_grad=False)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         if x.dim() != 2 or x.shape[1] != self.num_features:
             raise ValueError(f"expected points (B, {self.num_features}), got shape {tuple(x.shape)}")
-        return x.detach().float(), None
+        return x.detach().float().to(self.anchor.device), None
+
+
+class _HostFeatures(FeatureExtractor):
+    """``extractor`` with its outputs moved to the CPU (same name, hash and sizes, so the same cache
+    file). :func:`diffexp.metrics.reference_stats` accumulates on the CPU; an extractor on a GPU would
+    otherwise feed it CUDA tensors."""
+
+    def __init__(self, extractor: FeatureExtractor):
+        super().__init__()
+        self._inner = [extractor]  # a list: not registered as a sub-module (no parameters: stays on CPU)
+        self.name, self.weights_hash = extractor.name, extractor.weights_hash
+        self.num_features, self.num_classes = extractor.num_features, extractor.num_classes
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        f, logits = self._inner[0](x)
+        return f.cpu(), None if logits is None else logits.cpu()
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return torch.device("cpu") if p is None else p.device
+
+
+def cached_reference_stats(datamodule: Any, split: str, extractor: FeatureExtractor, n: int | None,
+                           cache_dir: str | os.PathLike | None, **kwargs: Any) -> FeatureStats:
+    """:func:`diffexp.metrics.reference_stats` with the extractor on any device. In one process, features of
+    an extractor on a GPU are handed over on the CPU, where ``reference_stats`` accumulates. Under DDP on
+    GPUs (NCCL) the accumulator must live on the GPU for its all-reduce: that needs ``reference_stats`` to
+    create it on the extractor's device (see the report of the Evaluation issue); with a cached file no
+    features are extracted and nothing is reduced."""
+    ext = extractor
+    if dist_info()[1] == 1 and _device_of(extractor).type != "cpu":
+        ext = _HostFeatures(extractor)
+    return reference_stats(datamodule, split, ext, n, cache_dir, **kwargs)
 
 
 def is_points(data_shape: Sequence[int]) -> bool:
@@ -463,8 +502,9 @@ class MetricsCallback(L.Callback):
         self.extractor.to(device)
         self.metrics = resolve_metrics(self.metrics_cfg, is_points(dm.data_shape), self.extractor)
         self.real_split = reference_split(dm, self.split)
-        self.real_stats = reference_stats(dm, self.real_split, self.extractor, self.num_real, self.cache_dir,
-                                          kid_max_samples=self.kid_max_samples, recompute=self.recompute_reference)
+        self.real_stats = cached_reference_stats(dm, self.real_split, self.extractor, self.num_real, self.cache_dir,
+                                                 kid_max_samples=self.kid_max_samples,
+                                                 recompute=self.recompute_reference)
 
     @staticmethod
     def _run_sampler(pl_module: L.LightningModule) -> Any:
@@ -534,6 +574,9 @@ class MetricsCallback(L.Callback):
         self.history.append(result)
         log_values(trainer, values, step)
         self._record(trainer, result)
+        shown = ", ".join(f"{m}={result[m]:.5g}" for m in ("fid", "kid", "is", "swd") if result.get(m) is not None)
+        rank_zero_info(f"[metrics] step {step} {result_label(result)} ({weights}, n={self.num_samples}, "
+                       f"{self.extractor.tag}): {shown} ({result['seconds']:.1f} s)")
         return result
 
     def _out_dir(self, trainer) -> Path:

@@ -61,6 +61,7 @@ from diffexp.callbacks.likelihood import evaluate_nll, nll_examples, nll_keys, w
 from diffexp.callbacks.metrics import (  # noqa: E402
     SAMPLE_METRICS,
     _jsonable,
+    cached_reference_stats,
     class_labels,
     evaluate_samples,
     extractor_info,
@@ -74,7 +75,6 @@ from diffexp.callbacks.metrics import (  # noqa: E402
     write_json,
 )
 from diffexp.callbacks.sample import sampler_label  # noqa: E402
-from diffexp.metrics import reference_stats  # noqa: E402
 
 ALL_METRICS = (*SAMPLE_METRICS, "nll")
 RECORD = "evaluation.json"
@@ -183,8 +183,8 @@ def _sample_metrics(cfg, module, dm, sampler, metrics, weights, device) -> dict[
     extractor = make_metrics_extractor(instantiate(cfg.extractor), dm).to(device)
     chosen = resolve_metrics(metrics, is_points(dm.data_shape), extractor)
     split = reference_split(dm, cfg.split)
-    real = reference_stats(dm, split, extractor, cfg.num_real, cfg.paths.cache_dir,
-                           kid_max_samples=cfg.kid_max_samples, recompute=cfg.recompute_reference)
+    real = cached_reference_stats(dm, split, extractor, cfg.num_real, cfg.paths.cache_dir,
+                                  kid_max_samples=cfg.kid_max_samples, recompute=cfg.recompute_reference)
     denoiser = module.denoiser(ema=cfg.ema)
     shape, seed = tuple(module.data_shape), int(cfg.seed)
     if module.num_classes is None and cfg.guidance_scale != 1.0:

@@ -89,7 +89,8 @@ def reference_stats(datamodule: Any, split: str, extractor: FeatureExtractor, n:
     idx = torch.arange(len(x))
     if n is not None and n < len(x):
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-    acc = FeatureAccumulator(extractor.num_features, extractor.num_classes, kid_max_samples=kid_max_samples)
+    device = next(extractor.parameters(), torch.empty(0)).device  # features and sums on the extractor's device (NCCL)
+    acc = FeatureAccumulator(extractor.num_features, extractor.num_classes, kid_max_samples=kid_max_samples).to(device)
     t0 = time.perf_counter()
     extract_into(acc, extractor, x, idx[rank::world], batch_size)
     stats = acc.statistics()
