@@ -69,6 +69,7 @@ def make_config(args, out_dir: str):
         "callbacks.sample.at_end=false",
         "trainer.accelerator=cpu",
         "trainer.enable_model_summary=false",
+        "trainer.max_time=null",
         f"paths.log_dir={out_dir}",
         f"seed={args.seed}",
     ]
@@ -152,7 +153,7 @@ class Interleave(L.Callback):
         s = trainer.global_step
         if s < self.warmup or s > self.last_step:
             return
-        if s > self.warmup and (s - self.warmup) % self.block == 0:
+        if s > self.warmup and (s - self.warmup) % self.block == 0:  # a Lightning block ends here
             w, c = clock()
             self.times.append(((w - self._t0[0]) / self.block, (c - self._t0[1]) / self.block))
             self.hand.run(self.block, record=True)
@@ -162,8 +163,10 @@ class Interleave(L.Callback):
                       f"hand-written {hw * 1e3:.0f} ms/step", file=sys.stderr, flush=True)
         elif s == self.warmup:
             self.hand.run(self.warmup, record=False)
+        else:
+            return  # inside a Lightning block: keep its clock running
         if s < self.last_step:
-            self._t0 = clock()
+            self._t0 = clock()  # the next Lightning block starts now
 
 
 def data_time(dm, n: int) -> dict:
@@ -209,97 +212,133 @@ def _loggers(cfg):
     return instantiate_group(cfg.get("logger")) or False
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=4, help="A/B rounds (default 4)")
-    p.add_argument("--block", type=int, default=5, help="steps per block (default 5)")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up steps per side, excluded (default 3)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: CPU time is then load-insensitive)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-batches", type=int, default=100, help="batches for the data-loading measurement")
-    p.add_argument("--random-data", action="store_true", help="ignore MNIST (use the digits fallback)")
-    p.add_argument("--profile", type=int, default=0, metavar="STEPS", help="also cProfile a Lightning run of STEPS steps")
-    p.add_argument("--override", nargs="*", help="extra Hydra overrides (e.g. model.channels_last=true)")
-    p.add_argument("--out-dir", default=None, help="results folder (default bench/results)")
-    args = p.parse_args()
+TINY = ["model.base_channels=8", "model.channel_mult=[1]", "model.attention_resolutions=[]",
+        "model.mid_attention=false", "model.num_groups=8"]
 
-    threads = set_threads(args.threads)
-    m = machine()
+
+def measure(args, overrides: list[str], rounds: int, block: int, warmup: int, verbose: bool = True) -> dict:
+    """One interleaved A/B run (one trainer.fit) of the recipe with ``overrides``; per-step times per block."""
     tmp = tempfile.mkdtemp(prefix="diffexp-bench-train-")
+    args.override = list(args.extra or []) + list(overrides)
     cfg, data = make_config(args, tmp)
     L.seed_everything(args.seed, verbose=False)
     dm = instantiate(cfg.data)
     module = build_module(cfg, data_info(dm))
     dm.setup("fit")
     x_train = dm.tensors("train")[0].float().contiguous()
-    hand = HandLoop(cfg, module, x_train, args.batch_size, args.seed)
-    inter = Interleave(hand, args.warmup, args.block, args.rounds)
-
+    bf16 = str(cfg.trainer.precision).startswith("bf16")
+    hand = HandLoop(cfg, module, x_train, args.batch_size, args.seed, bf16=bf16,
+                    compile=(cfg.module.get("compile") or False))
+    inter = Interleave(hand, warmup, block, rounds, verbose=verbose)
     from omegaconf import open_dict
 
     with open_dict(cfg):
         cfg.trainer.max_steps = inter.last_step + 1
     trainer = instantiate(cfg.trainer, callbacks=_callbacks(cfg) + [inter], logger=_loggers(cfg))
-    t = time.perf_counter()
     trainer.fit(module, datamodule=dm)
-    fit_s = time.perf_counter() - t
-    assert len(inter.times) == args.rounds == len(hand.times), (len(inter.times), len(hand.times))
-
+    assert len(inter.times) == rounds == len(hand.times), (len(inter.times), len(hand.times))
+    lw, lc = [w for w, _ in inter.times], [c for _, c in inter.times]
+    hw, hc = [w for w, _ in hand.times], [c for _, c in hand.times]
     bs = args.batch_size
-    lw = [w for w, _ in inter.times]
-    lc = [c for _, c in inter.times]
-    hw = [w for w, _ in hand.times]
-    hc = [c for _, c in hand.times]
-    ratio_wall = [h / lt for h, lt in zip(hw, lw)]  # images/s ratio diffexp / hand = t_hand / t_diffexp
-    ratio_cpu = [h / lt for h, lt in zip(hc, lc)]
-    overall_wall = sum(hw) / sum(lw)
-    overall_cpu = sum(hc) / sum(lc)
-    dtime = data_time(dm, args.data_batches)
-    step_med = statistics.median(lw)
+    return {
+        "data": data, "overrides": args.override, "precision": str(trainer.precision), "params": module.num_parameters(),
+        "rounds": rounds, "block": block, "warmup": warmup,
+        "diffexp_s_per_step_wall": summary(lw), "diffexp_s_per_step_cpu": summary(lc),
+        "hand_s_per_step_wall": summary(hw), "hand_s_per_step_cpu": summary(hc),
+        "diffexp_images_per_s_wall": summary([bs / x for x in lw]), "hand_images_per_s_wall": summary([bs / x for x in hw]),
+        "diffexp_images_per_s_cpu": summary([bs / x for x in lc]), "hand_images_per_s_cpu": summary([bs / x for x in hc]),
+        # images/s ratio diffexp / hand = t_hand / t_diffexp, per round and over all rounds
+        "ratio_wall_per_round": summary([h / x for h, x in zip(hw, lw)]),
+        "ratio_cpu_per_round": summary([h / x for h, x in zip(hc, lc)]),
+        "ratio_wall_overall": sum(hw) / sum(lw), "ratio_cpu_overall": sum(hc) / sum(lc),
+        "overhead_ms_per_step_wall": 1e3 * (statistics.median(lw) - statistics.median(hw)),
+        "overhead_ms_per_step_cpu": 1e3 * (statistics.median(lc) - statistics.median(hc)),
+        "overhead_ms_per_step_cpu_paired": summary([1e3 * (x - h) for h, x in zip(hc, lc)]),
+        "raw": {"diffexp": inter.times, "hand": hand.times},
+        "_dm": dm, "_cfg": cfg,
+    }
 
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=4, help="A/B rounds with the default UNet (default 4)")
+    p.add_argument("--block", type=int, default=5, help="steps per block (default 5)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up steps per side, excluded (default 3)")
+    p.add_argument("--tiny-rounds", type=int, default=6, help="A/B rounds with the tiny network (overhead in ms)")
+    p.add_argument("--tiny-block", type=int, default=25)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: CPU time is then load-insensitive)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-batches", type=int, default=100, help="batches for the data-loading measurement")
+    p.add_argument("--random-data", action="store_true", help="ignore MNIST (use the digits fallback)")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="also cProfile a Lightning run of STEPS steps of the tiny network (Python hot paths)")
+    p.add_argument("--override", dest="extra", nargs="*", default=[],
+                   help="extra Hydra overrides for both sides (e.g. experiment=mnist_cpu, model.channels_last=true)")
+    p.add_argument("--out-dir", default=None, help="results folder (default bench/results)")
+    args = p.parse_args()
+
+    threads = set_threads(args.threads)
+    m = machine()
+    t0 = time.perf_counter()
+    unet = measure(args, [], args.rounds, args.block, args.warmup)
+    dm, cfg = unet.pop("_dm"), unet.pop("_cfg")
+    tiny = measure(args, TINY, args.tiny_rounds, args.tiny_block, 5, verbose=False)
+    tiny.pop("_dm"), tiny.pop("_cfg")
+    dtime = data_time(dm, args.data_batches)
+    bs = args.batch_size
+    step_med = unet["diffexp_s_per_step_wall"]["median"]
+    step_cpu = unet["diffexp_s_per_step_cpu"]["median"]
+    fixed_ms = tiny["overhead_ms_per_step_cpu_paired"]["median"]
     record = {
         "machine": m,
         "settings": {
-            "data": data, "batch_size": bs, "threads": threads, "rounds": args.rounds, "block": args.block,
-            "warmup": args.warmup, "model": "conf/model/unet.yaml", "params": module.num_parameters(),
-            "trainer": {k: cfg.trainer.get(k) for k in ("precision", "gradient_clip_val", "log_every_n_steps",
-                                                         "val_check_interval", "accelerator")},
-            "optimizer": cfg.optimizer.get("_target_"), "ema_decay": cfg.module.ema_decay,
-            "overrides": args.override or [],
+            "data": unet["data"], "batch_size": bs, "threads": threads, "model": "conf/model/unet.yaml",
+            "params": unet["params"], "precision": unet["precision"],
+            "trainer": {k: cfg.trainer.get(k) for k in ("gradient_clip_val", "log_every_n_steps", "val_check_interval",
+                                                         "accelerator")},
+            "optimizer": dict(cfg.optimizer), "ema_decay": cfg.module.ema_decay, "extra_overrides": args.extra,
+            "tiny_overrides": TINY,
             "command": "python bench/bench_train.py " + " ".join(sys.argv[1:]),
         },
-        "diffexp_s_per_step_wall": summary(lw), "diffexp_s_per_step_cpu": summary(lc),
-        "hand_s_per_step_wall": summary(hw), "hand_s_per_step_cpu": summary(hc),
-        "diffexp_images_per_s_wall": summary([bs / x for x in lw]),
-        "hand_images_per_s_wall": summary([bs / x for x in hw]),
-        "diffexp_images_per_s_cpu": summary([bs / x for x in lc]),
-        "hand_images_per_s_cpu": summary([bs / x for x in hc]),
-        "ratio_wall_per_round": summary(ratio_wall), "ratio_cpu_per_round": summary(ratio_cpu),
-        "ratio_wall_overall": overall_wall, "ratio_cpu_overall": overall_cpu,
-        "overhead_ms_per_step_wall": 1e3 * (statistics.median(lw) - statistics.median(hw)),
-        "overhead_ms_per_step_cpu": 1e3 * (statistics.median(lc) - statistics.median(hc)),
-        "target_ratio": 0.95, "meets_target": bool(overall_cpu >= 0.95 or overall_wall >= 0.95),
+        "unet": unet, "tiny": tiny,
+        "ratio_cpu_overall": unet["ratio_cpu_overall"], "ratio_wall_overall": unet["ratio_wall_overall"],
+        "fixed_overhead_ms_per_step_cpu": fixed_ms,
+        "fixed_overhead_share_of_unet_step": fixed_ms / 1e3 / step_cpu,
+        "target_ratio": 0.95,
+        "meets_target": bool(unet["ratio_cpu_overall"] >= 0.95 and fixed_ms / 1e3 / step_cpu <= 0.05),
         "data_loading_s_per_batch": dtime, "data_share_of_step": dtime["median"] / step_med,
-        "fit_seconds": fit_s, "rounds_raw": {"diffexp": inter.times, "hand": hand.times},
+        "seconds": time.perf_counter() - t0,
     }
     if args.profile:
-        record["profile_top"] = profile_lightning(cfg, args.profile)
+        tiny_args = argparse.Namespace(**vars(args))
+        tiny_args.override = list(args.extra) + TINY
+        cfg_tiny, _ = make_config(tiny_args, tempfile.mkdtemp(prefix="diffexp-bench-prof-"))
+        record["profile_top"] = profile_lightning(cfg_tiny, args.profile)
     out = write_result("bench_train", record, Path(args.out_dir) if args.out_dir else None)
 
-    print(f"\n## bench_train: Lightning DiffusionModule vs hand-written loop ({data}, batch {bs}, {threads} thread(s))")
+    u = unet
+    print(f"\n## bench_train: Lightning DiffusionModule vs hand-written loop ({u['data']}, batch {bs}, "
+          f"precision {u['precision']}, {threads} thread(s))")
     print(machine_line(record["machine"]))
-    rows = [
-        ["diffexp (Lightning)", bs / statistics.median(lw), bs / max(lw), bs / min(lw), bs / statistics.median(lc)],
-        ["hand-written loop", bs / statistics.median(hw), bs / max(hw), bs / min(hw), bs / statistics.median(hc)],
-    ]
-    print(table(["", "img/s wall (median)", "min", "max", "img/s CPU-time (median)"], rows))
-    print(f"ratio diffexp/hand: wall {overall_wall:.3f} (per round {min(ratio_wall):.3f}..{max(ratio_wall):.3f}), "
-          f"CPU time {overall_cpu:.3f} (per round {min(ratio_cpu):.3f}..{max(ratio_cpu):.3f}); target >= 0.95: "
-          f"{'met' if record['meets_target'] else 'MISSED'}")
-    print(f"overhead per step: {record['overhead_ms_per_step_wall']:.1f} ms wall, {record['overhead_ms_per_step_cpu']:.1f} ms CPU")
+    rows = []
+    for name, key in (("diffexp (Lightning)", "diffexp"), ("hand-written loop", "hand")):
+        w, c = u[f"{key}_images_per_s_wall"], u[f"{key}_images_per_s_cpu"]
+        rows.append([name, w["median"], w["min"], w["max"], c["median"], c["min"], c["max"]])
+    print(table(["default UNet", "img/s wall (median)", "min", "max", "img/s per CPU-s (median)", "min", "max"], rows))
+    rc, rw = u["ratio_cpu_per_round"], u["ratio_wall_per_round"]
+    print(f"ratio diffexp/hand (images/s): CPU time {u['ratio_cpu_overall']:.3f} (rounds {rc['min']:.3f}..{rc['max']:.3f}), "
+          f"wall {u['ratio_wall_overall']:.3f} (rounds {rw['min']:.3f}..{rw['max']:.3f}); "
+          f"{u['rounds']} rounds x {u['block']} steps")
+    t = tiny
+    print(f"fixed per-step overhead (tiny network, {t['rounds']} rounds x {t['block']} steps): "
+          f"{fixed_ms:.2f} ms CPU (paired median; range {t['overhead_ms_per_step_cpu_paired']['min']:.2f}.."
+          f"{t['overhead_ms_per_step_cpu_paired']['max']:.2f}), step {t['diffexp_s_per_step_cpu']['median'] * 1e3:.1f} vs "
+          f"{t['hand_s_per_step_cpu']['median'] * 1e3:.1f} ms = {100 * record['fixed_overhead_share_of_unet_step']:.2f}% "
+          f"of a default-UNet step")
+    print(f"target diffexp >= 0.95 x hand-written: {'met' if record['meets_target'] else 'MISSED'}")
     print(f"data loading: {dtime['median'] * 1e3:.2f} ms/batch (median; max {dtime['max'] * 1e3:.2f}) = "
-          f"{100 * record['data_share_of_step']:.2f}% of a step")
+          f"{100 * record['data_share_of_step']:.3f}% of a step")
     if args.profile:
         print(record["profile_top"])
     print(f"results: {out}")

@@ -158,11 +158,16 @@ def test_experiment_iddpm_cifar10(tmp_path):
     assert (cfg.model.num_res_blocks, list(cfg.model.attention_resolutions), cfg.model.dropout) == (3, [16, 8], 0.3)
 
 
-def test_experiment_mnist_cpu_is_the_default_run(tmp_path):
-    def task(cfg):
-        return OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False) | {"hydra": None}
-
-    assert task(compose("train", ["experiment=mnist_cpu"], tmp_path)) == task(compose("train", [], tmp_path))
+def test_experiment_mnist_cpu_is_the_default_recipe(tmp_path):
+    """`make train` runs experiment=mnist_cpu: the default data and model, with a wall-clock budget that keeps
+    the whole job within 15 minutes and a final sample grid."""
+    default, recipe = compose("train", [], tmp_path), compose("train", ["experiment=mnist_cpu"], tmp_path)
+    assert OmegaConf.to_container(recipe.data) == OmegaConf.to_container(default.data)
+    assert OmegaConf.to_container(recipe.model) == OmegaConf.to_container(default.model)
+    h, m, s = (int(v) for v in recipe.trainer.max_time.split(":")[1:])
+    assert 0 < h * 3600 + m * 60 + s <= 13 * 60
+    assert recipe.callbacks.sample.at_end and recipe.trainer.precision in ("32", "bf16-mixed")
+    assert "experiment=mnist_cpu" in (Path(__file__).resolve().parents[1] / "Makefile").read_text()
 
 
 def test_experiment_toy2d(tmp_path):

@@ -31,12 +31,12 @@ def image_grid(x: Tensor, nrow: int | None = None, data_range=(-1.0, 1.0), paddi
 
 def scatter_plot(x: Tensor, reference: Tensor | None = None, title: str = "") -> np.ndarray:
     """2-D samples (and optionally reference data) as an HWC uint8 image."""
-    import matplotlib
+    # A pyplot-free figure: rendering it never switches the process's matplotlib backend (matplotlib.use("Agg")
+    # would stop a notebook's inline plots once a training run had drawn its sample scatter).
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    fig = Figure(figsize=(4, 4), dpi=100)
+    ax = fig.subplots()
     if reference is not None:
         r = reference.detach().cpu().numpy()
         ax.scatter(r[:, 0], r[:, 1], s=2, alpha=0.3, c="gray", label="data")
@@ -47,7 +47,6 @@ def scatter_plot(x: Tensor, reference: Tensor | None = None, title: str = "") ->
     ax.legend(loc="upper right", fontsize=7)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
     from PIL import Image
 
     buf.seek(0)
