@@ -27,11 +27,12 @@ import sys
 import time
 from pathlib import Path
 
+import diffexp  # noqa: F401  (first: the torchvision shim must precede lightning)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import compose, machine, machine_line, set_threads, summary, table, write_result  # noqa: E402
-
 import torch  # noqa: E402
+from common import compose, machine, machine_line, set_threads, summary, table, write_result  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from torch import nn  # noqa: E402
 

@@ -28,12 +28,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import diffexp  # noqa: F401  (first: the torchvision shim must precede lightning)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import lightning as L  # noqa: E402
 from bench_train import HandLoop, make_config  # noqa: E402
 from common import machine, machine_line, set_threads, summary, table, write_result  # noqa: E402
-
-import lightning as L  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from diffexp.build import build_module, data_info  # noqa: E402

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import diffexp  # noqa: F401  (first: the torchvision shim must precede lightning)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
@@ -27,7 +29,6 @@ CONF = REPO / "conf"
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import diffexp  # noqa: E402,F401  (torchvision shim before lightning)
 import torch  # noqa: E402
 
 

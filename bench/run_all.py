@@ -1,14 +1,15 @@
 """Run the benchmarks (``make bench``; ``make bench ARGS=--full`` for the long ones) and write
 ``bench/results/summary.md``.
 
-Quick (default, ~10-15 min on an idle 2-core CPU):
+Quick (default; ~7 min on the shared 2-core CPU it was written on):
   bench_train.py          Lightning DiffusionModule vs hand-written loop, images/s (target ratio ≥ 0.95)
   bench_samplers.py       sampler cost per NFE vs the bare forward (target overhead ≤ 5 %)
   bench_speed_options.py  step time with channels_last / fused AdamW / bf16 autocast
   bench_fid.py            classifier-feature extraction throughput, FID time and peak memory
                           (owned by the metrics part; quick: n=2000)
 --full adds more rounds, bench_fid at n=10000, torch.compile in bench_speed_options, and
-  bench_time_to_quality.py  classifier-FID of the default recipe's EMA samples vs training wall-clock (long).
+  bench_time_to_quality.py  classifier-FID of `make train`'s EMA samples vs training wall-clock (~25 min).
+Scripts default to one torch thread (robust on a shared machine); pass --threads N to change that.
 
 Every script writes ``bench/results/<name>.json`` and prints a table; this runner streams their output,
 keeps each one's table and writes them, with the machine, the load average and the commands, to
@@ -35,7 +36,7 @@ def plan(full: bool, threads: int | None) -> list[tuple[str, list[str]]]:
     th = ["--threads", str(threads)] if threads else []
     if full:
         return [
-            ("bench_train", ["--rounds", "8", "--block", "10", "--profile", "30"] + th),
+            ("bench_train", ["--rounds", "8", "--block", "10", "--profile", "200"] + th),
             ("bench_samplers", ["--rounds", "5"] + th),
             ("bench_speed_options", ["--rounds", "5", "--block", "5", "--compile"] + th),
             ("bench_fid", [] + th),

@@ -9,10 +9,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
-import diffexp  # noqa: E402,F401  (torchvision shim)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import diffexp  # noqa: E402,F401  (torchvision shim)
 from diffexp.config import setup_environment  # noqa: E402
 
 setup_environment()

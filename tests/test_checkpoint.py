@@ -36,15 +36,6 @@ TINY = ["data=toy2d", "data.num_train=64", "data.num_val=16", "data.num_test=16"
         "callbacks=model_checkpoint", "print_config=false"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread (two threads stall on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def partial_then_fail(obj, f, *args, **kwargs):
     """A torch.save killed mid-write: some bytes of a zip header land in the file, then an error."""
     f.write(b"PK\x03\x04" + b"\x00" * 100)

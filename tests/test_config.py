@@ -58,7 +58,7 @@ def _instantiate_option(cfg: DictConfig, group: str) -> None:
             assert net(x, torch.tensor([0, 5])).shape == x.shape
         return
     if group in ("callbacks", "logger"):
-        for name, sub in node.items():
+        for sub in node.values():
             if isinstance(sub, DictConfig) and "_target_" in sub:
                 _target_accepts(sub)
         return

@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conftest import REPO, compose
@@ -24,14 +23,6 @@ TINY_UNET = ["model=unet", "model.base_channels=8", "model.channel_mult=[1,2]", 
              "model.dropout=0.0"]
 SMALL = ["extractor=random", "num_samples=16", "batch_size=8", "num_real=64", "kid_subset_size=8", "kid_subsets=5",
          "nll.num_examples=8", "nll.batch_size=4"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

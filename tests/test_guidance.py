@@ -30,16 +30,6 @@ from diffexp.process import DiffusionProcess
 from diffexp.samplers import DDIMSampler, DDPMSampler, DPMSolverPP2MSampler, HeunSampler, LangevinSampler, PCSampler
 from diffexp.schedules import linear
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread (two threads stall on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 PROC = DiffusionProcess(linear(100))
 MEANS = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, 0.0], [0.0, -2.0]])
 K = len(MEANS)

@@ -26,15 +26,6 @@ QUIET = ["print_config=false", "~callbacks.progress_bar", "trainer.enable_progre
          "trainer.enable_model_summary=false"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """2 shared CPU cores under heavy load: one thread each."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def read_csv_metrics(run_dir):
     """{column: [(step, value), ...]} from the CSV logger's metrics.csv."""
     out: dict[str, list[tuple[int, float]]] = {}

@@ -39,15 +39,6 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "extractor"
 
 
 # ----------------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The 2 CPU cores are shared: with oversubscription, 2 OpenMP threads ran 10x slower than 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TensorDM:
     """Minimal stand-in for the data-module contract (tensors(split), cache_key(split), num_classes)."""
 

@@ -24,15 +24,6 @@ TINY = ["data=toy2d", "data.num_train=64", "data.num_val=16", "data.num_test=16"
         "callbacks=model_checkpoint", "print_config=false", "optimizer.lr=1e-2", "lr_scheduler.warmup_steps=0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread (two threads stall on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def fit(tmp_path, overrides, extra_callbacks=()):
     cfg = compose("train", TINY + list(overrides), tmp_path)
     dm = instantiate(cfg.data)

@@ -38,15 +38,6 @@ BASE = [
 LOSSES: dict[str, dict[int, float]] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread (two threads stall on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Recorder(Callback):
     """Records the training loss of every optimizer step under ``tag``."""
 

@@ -211,8 +211,8 @@ def test_bf16_mixed_training_keeps_fp32_weights_and_ema(tmp_path):
         module = tiny_module(copy.deepcopy(net), seed=0)
 
         class Record(L.Callback):
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                losses.setdefault(precision, []).append(float(outputs["loss"]))
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, key=precision):
+                losses.setdefault(key, []).append(float(outputs["loss"]))
 
         trainer = L.Trainer(accelerator="cpu", max_steps=2, precision=precision, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -240,3 +240,21 @@ def test_per_sample_noise_equals_separate_generator_draws(shape, dtype):
         assert draw.dtype == dtype and draw.shape == (len(seeds), *shape)
         assert torch.equal(draw, ref)
     assert not torch.equal(draws[0], draws[1])
+
+
+# ---- per-step seeding of the global RNG ----------------------------------------------------------------------
+def test_training_step_seeds_the_global_cpu_stream():
+    """training_step re-derives the global RNG stream (dropout) from (seed, rank, step, batch) by seeding the
+    CPU generator only (cheaper than torch.manual_seed on a CPU-only machine, same CPU stream): after a step of
+    a dropout-free network the next global draw equals the first draw of that seed."""
+    import warnings
+
+    from diffexp.rng import derive_seed
+
+    module = tiny_module(MLP(in_channels=2, hidden_dim=16, num_blocks=1, time_embed_dim=8), seed=7)
+    batch = (torch.randn(8, 2), torch.zeros(8, dtype=torch.long))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log without a trainer
+        module.training_step(batch, 3)
+    expected = torch.rand(4, generator=torch.Generator().manual_seed(derive_seed(7, "global", 0, 0, 3)))
+    torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)

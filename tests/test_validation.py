@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-import torch
 import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -17,15 +16,6 @@ from diffexp.validation import ConfigError, validate_config
 TOY = ["data=toy2d", "model=mlp", "model.hidden_dim=16", "model.num_blocks=1", "logger=none", "print_config=false",
        "trainer.accelerator=cpu"]
 _COMPOSED: dict[tuple, object] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread (two threads stall on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def configure(tmp_path, overrides, base=TOY):

@@ -98,7 +98,7 @@ class NoiseSchedule:
     def has_zero_terminal_snr(self) -> bool:
         return bool(self.alphas_cumprod[-1] == 0)
 
-    def respaced(self, timesteps: Tensor | list[int]) -> "NoiseSchedule":
+    def respaced(self, timesteps: Tensor | list[int]) -> NoiseSchedule:
         """The schedule restricted to a subset of steps, with β recomputed from ᾱ (Nichol & Dhariwal
         App. B): β'_k = 1 - ᾱ_{t_k} / ᾱ_{t_{k-1}}. Needed whenever a sampler skips steps."""
         ts = torch.as_tensor(timesteps, dtype=torch.long)
