@@ -4,7 +4,7 @@ Trains with the default recipe — ``experiment=mnist_cpu``, what ``make train``
 1.19M-parameter UNet, ε-prediction on the linear T=1000 schedule, AdamW 1e-3 with warm-up, EMA 0.999,
 batch 64, bf16 autocast where the CPU has native bf16, a 12-minute wall-clock budget — and pauses the
 training clock every ``--eval-every-min`` minutes of training (and at the end) to evaluate FID/KID of
-``--n`` samples of the EMA weights (DDIM with ``--sampler-steps`` steps, per-sample seeds 0..n-1) against
+``--n`` samples of the EMA weights (the recipe's sampler, per-sample seeds 0..n-1) against
 the MNIST test split, in the feature space of diffexp's MNIST classifier
 (``diffexp.metrics.ClassifierExtractor``; trained once and cached, its hash is recorded). The evaluations
 are excluded from the training clock but not from the recipe's ``max_time`` budget, so the recipe's
@@ -16,7 +16,7 @@ Recorded per evaluation: step, training wall-clock so far (evaluations excluded)
 evaluation's own time. FID at n=500 is biased upwards against the full test-set reference (compare runs at
 equal n only); the floor at this n — FID of n real training images — is measured too.
 
-    .venv/bin/python bench/bench_time_to_quality.py                    # ~15-20 min on a 2-core CPU
+    .venv/bin/python bench/bench_time_to_quality.py                    # ~15 min on a 2-core CPU
     .venv/bin/python bench/bench_time_to_quality.py --max-minutes 1 --eval-every-min 0.5 --n 64 --sampler-steps 5
 """
 
@@ -39,7 +39,6 @@ from hydra.utils import instantiate  # noqa: E402
 
 from diffexp.build import build_module, data_info  # noqa: E402
 from diffexp.metrics import ClassifierExtractor, compute_metrics, default_cache_dir, reference_stats  # noqa: E402
-from diffexp.samplers import DDIMSampler  # noqa: E402
 
 
 class QualityClock(L.Callback):
@@ -93,10 +92,11 @@ def main() -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="training budget (default: the recipe's max_time)")
     p.add_argument("--eval-every-min", type=float, default=4.0, help="minutes of training between evaluations")
     p.add_argument("--n", type=int, default=500, help="samples per FID evaluation")
-    p.add_argument("--sampler-steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--sampler-steps", type=int, default=None, help="sampler steps (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=250, help="sampling batch size")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: on a shared 2-core machine 2 threads were 5x slower, see README)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's, as `make train` runs; on a machine shared with other jobs "
+                        "--threads 1 is steadier)")
     p.add_argument("--cache-dir", default=None, help="classifier / reference-statistics cache (default: diffexp's)")
     p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides of the recipe")
     p.add_argument("--out-dir", default=None)
@@ -110,6 +110,8 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="diffexp-bench-ttq-")
     over = [f"experiment={args.experiment}", f"data.root={root}", "callbacks.sample.every_n_steps=null",
             "callbacks.sample.at_end=false", f"paths.log_dir={tmp}", "print_config=false"]
+    if args.sampler_steps:
+        over.append(f"sampler.steps={args.sampler_steps}")
     if args.max_minutes:
         secs = int(round(args.max_minutes * 60))
         over.append(f"trainer.max_time='00:{secs // 3600:02d}:{secs % 3600 // 60:02d}:{secs % 60:02d}'")
@@ -129,7 +131,7 @@ def main() -> None:
     idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))
     floor = compute_metrics(lambda seeds: x_train[idx[torch.tensor(seeds)]].float(), args.n, ext, real,
                             batch_size=args.batch_size, metrics=("fid", "kid"), kid_subset_size=min(1000, args.n))
-    sampler = DDIMSampler(steps=args.sampler_steps)
+    sampler = instantiate(cfg.sampler)  # the recipe's sampler (mnist_cpu: DDIM-50, eta=1), as in its grids
     clock = QualityClock(args.eval_every_min * 60, args.n, sampler, ext, real, args.batch_size)
 
     from diffexp.cli.train import instantiate_group

@@ -8,8 +8,9 @@ Quick (default; ~7 min on the shared 2-core CPU it was written on):
   bench_fid.py            classifier-feature extraction throughput, FID time and peak memory
                           (owned by the metrics part; quick: n=2000)
 --full adds more rounds, bench_fid at n=10000, torch.compile in bench_speed_options, and
-  bench_time_to_quality.py  classifier-FID of `make train`'s EMA samples vs training wall-clock (~25 min).
-Scripts default to one torch thread (robust on a shared machine); pass --threads N to change that.
+  bench_time_to_quality.py  classifier-FID of `make train`'s EMA samples vs training wall-clock (~15 min).
+The throughput scripts default to one torch thread (robust on a shared machine; bench_time_to_quality uses
+torch's default, as `make train` does); pass --threads N to set it for all.
 
 Every script writes ``bench/results/<name>.json`` and prints a table; this runner streams their output,
 keeps each one's table and writes them, with the machine, the load average and the commands, to

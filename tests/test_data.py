@@ -178,20 +178,30 @@ def test_toy2d_mixture_matches_stated_means_and_weights():
     assert not torch.equal(Toy2DDataModule(data_seed=1).tensors("val")[0], Toy2DDataModule().tensors("val")[0])
 
 
-def test_toy2d_exact_density_and_denoiser():
+def test_toy2d_oracle_is_the_exact_denoiser_of_its_data():
+    from diffexp import schedules
+
+    sched = schedules.linear(100)
     dm = Toy2DDataModule(means=[[1.0, -1.0]], std=0.5)
+    oracle = dm.oracle(sched)
     pts = torch.randn(5, 2, dtype=torch.float64)
-    alpha, sigma = 0.8, 0.6  # one component: x_t ~ N(alpha*mu, (alpha^2 s^2 + sigma^2) I)
-    var = alpha**2 * 0.25 + sigma**2
-    ref = torch.distributions.MultivariateNormal(alpha * torch.tensor([1.0, -1.0], dtype=torch.float64),
-                                                 var * torch.eye(2, dtype=torch.float64))
-    torch.testing.assert_close(dm.log_prob(pts, alpha, sigma), ref.log_prob(pts))
-    want = torch.tensor([1.0, -1.0], dtype=torch.float64) + alpha * 0.25 / var * (pts - alpha * torch.tensor([1.0, -1.0]))
-    torch.testing.assert_close(dm.posterior_mean(pts, alpha, sigma), want)
-    mix = Toy2DDataModule()  # mixture density integrates to 1 (grid quadrature on [-4, 4]^2)
-    g = torch.linspace(-4, 4, 401, dtype=torch.float64)
-    grid = torch.cartesian_prod(g, g)
-    assert abs(mix.log_prob(grid, 1.0, 0.3).exp().sum().item() * (8 / 400) ** 2 - 1) < 1e-3
+    t = 40  # one component: x_t ~ N(a mu, (a^2 s^2 + sigma^2) I)
+    a, sig = float(sched.alphas_cumprod[t].sqrt()), float((1 - sched.alphas_cumprod[t]).sqrt())
+    var = a**2 * 0.25 + sig**2
+    mu = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    ref = torch.distributions.MultivariateNormal(a * mu, var * torch.eye(2, dtype=torch.float64))
+    tt = torch.full((5,), t)
+    torch.testing.assert_close(oracle.marginal_log_prob(pts, tt), ref.log_prob(pts))
+    torch.testing.assert_close(oracle.eps_and_x0(pts, tt)[1], mu + a * 0.25 / var * (pts - a * mu))
+    mix = Toy2DDataModule(num_components=4, weights=[1, 2, 3, 4], num_train=20000, num_val=10, num_test=10)  # same mixture as the data
+    x = mix.tensors("train")[0].double()
+    model = mix.oracle(sched)
+    y = model.sample(20000, torch.Generator().manual_seed(3))[0].double()
+    torch.testing.assert_close(model.weights.float(), torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    torch.testing.assert_close(model.means, mix.means.double())
+    torch.testing.assert_close(model.covariances(), mix.std**2 * torch.eye(2, dtype=torch.float64).expand(4, 2, 2))
+    torch.testing.assert_close(x.mean(0), y.mean(0), atol=0.1, rtol=0)  # ~5 s.e. of a 20k-sample difference
+    torch.testing.assert_close(torch.cov(x.T), torch.cov(y.T), atol=0.25, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["swiss_roll", "moons", "checkerboard"])
@@ -206,7 +216,7 @@ def test_toy2d_other_datasets(name):
     else:
         assert dm.num_classes is None and (y == 0).all()
     with pytest.raises(ValueError, match="gaussian_mixture"):
-        dm.log_prob(x)
+        dm.oracle(None)
 
 
 # --- digits, image folders -----------------------------------------------------------------------------

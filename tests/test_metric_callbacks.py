@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import compose
-from diffexp.callbacks import PointsExtractor, sliced_wasserstein
-from diffexp.callbacks.metrics import evaluate_samples, make_metrics_extractor, resolve_metrics, sampler_family
+from diffexp.callbacks import PointsExtractor
+from diffexp.callbacks.metrics import make_metrics_extractor, resolve_metrics, sampler_family
 from diffexp.cli.train import train
-from diffexp.metrics import FeatureStats, make_extractor
+from diffexp.metrics import FeatureStats, compute_metrics, make_extractor, sliced_wasserstein
 
 TINY_UNET = ["model=unet", "model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_resolutions=[4]",
              "model.dropout=0.0"]
@@ -89,17 +89,17 @@ def test_samples_depend_on_their_seed_only_and_ranks_take_disjoint_indices(monke
                                       kid_max_samples=500)
     ext = PointsExtractor(2)
     kw = dict(metrics=("fid", "kid", "swd"), seed_offset=7, data_range=None, kid_subset_size=50, kid_subsets=5)
-    a = evaluate_samples(_noise_points, 101, ext, real, batch_size=8, **kw)
-    b = evaluate_samples(_noise_points, 101, ext, real, batch_size=33, **kw)
+    a = compute_metrics(_noise_points, 101, ext, real, batch_size=8, **kw)
+    b = compute_metrics(_noise_points, 101, ext, real, batch_size=33, **kw)
     assert a["n_gen"] == 101 and a["fid"] > 0.1
     for m in ("fid", "kid", "swd"):
         assert a[m] == pytest.approx(b[m], rel=1e-9, abs=1e-12), m
     # Under DDP rank r of W draws global indices r, r+W, ...: seeds offset + r, offset + r + W, ...
-    import diffexp.callbacks.metrics as cbm
+    import diffexp.metrics.evaluate as evaluate
 
     seen = []
-    monkeypatch.setattr(cbm, "dist_info", lambda: (1, 3))
-    evaluate_samples(lambda s: (seen.extend(s), _noise_points(s))[1], 10, ext, real, batch_size=2, **kw)
+    monkeypatch.setattr(evaluate, "dist_info", lambda: (1, 3))
+    compute_metrics(lambda s: (seen.extend(s), _noise_points(s))[1], 10, ext, real, batch_size=2, **kw)
     assert seen == [8, 11, 14]
 
 
@@ -228,8 +228,8 @@ def _ddp_payload():
     xr = torch.randn(300, 2, generator=torch.Generator().manual_seed(1))
     # Built directly: FeatureStats.from_features would all-reduce (sum) the same data over both ranks.
     real = FeatureStats(n=300, mu=xr.double().mean(0), cov=torch.cov(xr.double().T), features=xr)
-    res = evaluate_samples(_noise_points, 37, PointsExtractor(2), real, ("fid", "kid", "swd"), batch_size=5,
-                           data_range=None, kid_subset_size=20, kid_subsets=5)
+    res = compute_metrics(_noise_points, 37, PointsExtractor(2), real, metrics=("fid", "kid", "swd"), batch_size=5,
+                          data_range=None, kid_subset_size=20, kid_subsets=5)
     torch.manual_seed(0)
     net = torch.nn.Linear(2, 2)
     den = Denoiser(lambda x, t, y=None: net(x) * 0.1, DiffusionProcess(linear(50)), "eps", data_range=None)

@@ -1,5 +1,5 @@
 from diffexp.callbacks.likelihood import NLLCallback
-from diffexp.callbacks.metrics import MetricsCallback, PointsExtractor, sliced_wasserstein
+from diffexp.callbacks.metrics import MetricsCallback, PointsExtractor
 from diffexp.callbacks.sample import SampleCallback, sampler_label
 
-__all__ = ["MetricsCallback", "NLLCallback", "PointsExtractor", "SampleCallback", "sampler_label", "sliced_wasserstein"]
+__all__ = ["MetricsCallback", "NLLCallback", "PointsExtractor", "SampleCallback", "sampler_label"]

@@ -6,7 +6,7 @@ steps and at the end of training, on **every** rank (the metric states are synch
 collectives, never inside ``rank_zero_only``: torchmetrics #2684):
 
 1. ``num_samples`` samples from the EMA weights (``ema: true``) with any ``sampler``; sample i uses seed
-   ``seed + i`` and rank r of W draws i = r, r + W, ... (see :func:`evaluate_samples`), so the samples do
+   ``seed + i`` and rank r of W draws i = r, r + W, ... (see :func:`diffexp.metrics.compute_metrics`), so the samples do
    not depend on the number of ranks or the batch size;
 2. features (never images) accumulate in constant memory (:class:`diffexp.metrics.SampleQuality`:
    running sums for FID/IS, at most ``kid_max_samples`` stored features for KID/SWD) and are reduced
@@ -35,7 +35,7 @@ are identical), where checkpoint monitors, the progress bar and ``optimized_metr
 configured extractor is ignored and :class:`PointsExtractor` (the identity) is used. FID is then the
 Fréchet distance between Gaussian fits of the raw coordinates (it only sees means and covariances:
 eight modes on a circle and one wide Gaussian can score the same), KID the unbiased cubic-kernel MMD
-(moments up to order 3), and the sliced Wasserstein-2 distance (:func:`sliced_wasserstein`), a metric
+(moments up to order 3), and the sliced Wasserstein-2 distance (:func:`diffexp.metrics.sliced_wasserstein`), a metric
 on distributions that sees missing or misplaced modes, is added. Its key is ``swd/points-<hash6>/...``.
 """
 
@@ -46,9 +46,8 @@ import json
 import math
 import os
 import re
-import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from diffexp.metrics import FeatureExtractor, FeatureStats, SampleQuality, compare_stats, metric_key, reference_stats
+from diffexp.metrics import FeatureExtractor, FeatureStats, compute_metrics, metric_key, reference_stats
 from diffexp.metrics.utils import dist_info
 
 IMAGE_METRICS = ("fid", "kid", "is")
@@ -65,8 +64,8 @@ POINT_METRICS = ("fid", "kid", "swd")
 SAMPLE_METRICS = ("fid", "kid", "is", "swd")
 LOGGED = ("fid", "kid", "kid_std", "is", "is_std", "swd")
 
-__all__ = ["MetricsCallback", "PointsExtractor", "cached_reference_stats", "evaluate_samples", "is_points", "make_metrics_extractor",
-           "provenance", "provenance_key", "reference_split", "resolve_metrics", "sampler_family", "sliced_wasserstein"]
+__all__ = ["MetricsCallback", "PointsExtractor", "cached_reference_stats", "is_points", "make_metrics_extractor",
+           "provenance", "provenance_key", "reference_split", "resolve_metrics", "sampler_family"]
 
 
 # ----------------------------------------------------------------------------------------- 2-D data
@@ -130,30 +129,6 @@ def cached_reference_stats(datamodule: Any, split: str, extractor: FeatureExtrac
 def is_points(data_shape: Sequence[int]) -> bool:
     """Flat (D,)-shaped data (2-D toy distributions) rather than images (C, H, W)."""
     return len(tuple(data_shape)) == 1
-
-
-def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, projections: int = 256, seed: int = 0) -> float:
-    """Sliced Wasserstein-2 distance (Rabin et al. 2011; Bonneel et al. 2015)
-
-        SW₂(P, Q) = ( E_{θ ~ U(S^{D-1})} W₂²(θᵀ#P, θᵀ#Q) )^{1/2}
-
-    with ``projections`` random directions θ (fixed ``seed``) and the 1-D W₂² = ∫₀¹ |F⁻¹(u) − G⁻¹(u)|² du
-    of the empirical distributions, evaluated on the grid u = (k + ½)/m, m = max(len(x), len(y))
-    (exact when the sizes are equal). Closed form for a check: between N(0, I) and N(μ, I) in D
-    dimensions, SW₂² = E(θᵀμ)² = ‖μ‖²/D.
-    """
-    x, y = x.double().cpu().flatten(1), y.double().cpu().flatten(1)
-    if x.shape[1] != y.shape[1] or min(len(x), len(y)) < 1:
-        raise ValueError(f"need two non-empty point sets of one dimension, got {tuple(x.shape)} and {tuple(y.shape)}")
-    g = torch.Generator().manual_seed(seed)
-    theta = torch.randn(x.shape[1], projections, generator=g, dtype=torch.float64)
-    theta = theta / theta.norm(dim=0, keepdim=True)
-    px, py = (x @ theta).sort(0).values, (y @ theta).sort(0).values
-    m = max(len(px), len(py))
-    u = (torch.arange(m, dtype=torch.float64) + 0.5) / m
-    qx = px[(u * len(px)).long().clamp(max=len(px) - 1)]
-    qy = py[(u * len(py)).long().clamp(max=len(py) - 1)]
-    return float((qx - qy).square().mean().sqrt())
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -263,7 +238,7 @@ def result_label(result: dict[str, Any]) -> str:
 
 
 def keyed_values(result: dict[str, Any]) -> dict[str, float]:
-    """``{provenance_key: value}`` for every numeric metric of an :func:`evaluate_samples` result."""
+    """``{provenance_key: value}`` for every numeric metric of a :func:`diffexp.metrics.compute_metrics` result."""
     return {provenance_key(m, result): float(result[m]) for m in LOGGED if result.get(m) is not None}
 
 
@@ -302,73 +277,6 @@ def extractor_info(extractor: FeatureExtractor) -> dict[str, Any]:
     if getattr(extractor, "weights_path", None):
         info["path"] = str(extractor.weights_path)
     return info
-
-
-# ------------------------------------------------------------------------------------- evaluation
-def evaluate_samples(sample_fn: Callable[[list[int]], torch.Tensor], n: int, extractor: FeatureExtractor,
-                     real_stats: FeatureStats, metrics: Sequence[str], *, batch_size: int = 250, seed_offset: int = 0,
-                     data_range: tuple[float, float] | None = (-1.0, 1.0), kid_subset_size: int = 1000,
-                     kid_subsets: int = 100, kid_max_samples: int = 10_000, swd_projections: int = 256,
-                     device: torch.device | str | None = None) -> dict[str, Any]:
-    """Generate ``n`` samples with ``sample_fn(seeds)`` and score them against ``real_stats``.
-
-    As :func:`diffexp.metrics.compute_metrics` (which it mirrors, adding ``swd``): sample i uses seed
-    ``seed_offset + i``; rank r of W draws i = r, r + W, ... in batches of ``batch_size``; samples are
-    clamped to ``data_range`` and fed to a :class:`SampleQuality` metric (constant memory); the
-    statistics are reduced across ranks — a collective, so **every rank must call this**. Returns
-    ``compare_stats``' dict (``fid``, ``kid``, ``kid_std``, ``is``, ``is_std``, ``n_gen``, ``n_real``, ...)
-    plus ``swd`` (when asked), ``extractor``, ``extractor_hash``, ``real`` (reference meta), ``seconds``,
-    ``samples_per_s`` and ``seeds``.
-    """
-    rank, world = dist_info()
-    keep = kid_max_samples if ("kid" in metrics or "swd" in metrics) else 0
-    store = tuple(metrics) + (("kid",) if keep and "kid" not in metrics else ())
-    metric = SampleQuality(extractor, real_stats, store, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
-                           kid_max_samples=keep)
-    if device is not None:
-        metric.to(device)
-        extractor.to(device)
-    seeds = list(range(seed_offset + rank, seed_offset + n, world))
-    t0 = time.perf_counter()
-    for i in range(0, len(seeds), batch_size):
-        batch = seeds[i:i + batch_size]
-        with torch.no_grad():
-            x = sample_fn(batch)
-        if x.shape[0] != len(batch):
-            raise ValueError(f"sample_fn returned {x.shape[0]} samples for {len(batch)} seeds")
-        if data_range is not None:
-            x = x.clamp(*data_range)
-        metric.update(x, torch.tensor(batch, device=x.device) - seed_offset)
-    seconds = time.perf_counter() - t0
-    gen = metric.statistics()  # collective: sums reduced, stored features gathered
-    if world > 1 and gen.features is not None:
-        gen.features = _global_order(gen.features, n, world, keep)
-    out = compare_stats(gen, real_stats, [m for m in metrics if m != "swd"],
-                        kid_subset_size=kid_subset_size, kid_subsets=kid_subsets)
-    if "swd" in metrics:
-        if gen.features is None or real_stats.features is None or not len(gen.features) or not len(real_stats.features):
-            raise ValueError("swd needs stored features in both statistics (kid_max_samples > 0)")
-        out.update(swd=sliced_wasserstein(gen.features, real_stats.features, swd_projections),
-                   swd_projections=swd_projections, n_gen_swd=len(gen.features), n_real_swd=len(real_stats.features))
-    out.update(extractor=extractor.name, extractor_hash=extractor.weights_hash, real=dict(real_stats.meta),
-               seconds=seconds, samples_per_s=n / max(seconds, 1e-9),
-               seeds={"offset": seed_offset, "first": seed_offset, "last": seed_offset + n - 1,
-                      "rule": "sample i uses seed offset+i; rank r of W draws i = r, r+W, ..."})
-    return out
-
-
-def _global_order(features: torch.Tensor, n: int, world: int, keep: int) -> torch.Tensor:
-    """Put gathered KID/SWD features back into global sample order.
-
-    torchmetrics gathers list states rank-major: rank 0's stored features (global indices 0, W, 2W, ...),
-    then rank 1's (1, 1+W, ...), each rank keeping at most ceil(keep / W), truncated to ``keep`` in all.
-    KID draws its subsets by position, so without this the value would depend on the number of ranks.
-    (When the layout is not the expected one the features are returned unchanged.)"""
-    cap = math.ceil(keep / world)
-    index = torch.cat([torch.arange(r, n, world)[:cap] for r in range(world)])[:keep]
-    if len(index) != len(features):
-        return features
-    return features[index.argsort()]
 
 
 def class_labels(seeds: Sequence[int], seed_offset: int, num_classes: int | None, device) -> torch.Tensor | None:
@@ -553,9 +461,9 @@ class MetricsCallback(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            result = evaluate_samples(
-                sample_fn, self.num_samples, self.extractor, self.real_stats, self.metrics,
-                batch_size=self.batch_size, seed_offset=self.seed, data_range=pl_module.data_range,
+            result = compute_metrics(
+                sample_fn, self.num_samples, self.extractor, self.real_stats, batch_size=self.batch_size,
+                metrics=self.metrics, seed_offset=self.seed, data_range=pl_module.data_range,
                 kid_subset_size=self.kid_subset_size, kid_subsets=self.kid_subsets,
                 kid_max_samples=self.kid_max_samples, swd_projections=self.swd_projections, device=device)
         finally:

@@ -63,7 +63,6 @@ from diffexp.callbacks.metrics import (  # noqa: E402
     _jsonable,
     cached_reference_stats,
     class_labels,
-    evaluate_samples,
     extractor_info,
     is_points,
     keyed_values,
@@ -75,6 +74,7 @@ from diffexp.callbacks.metrics import (  # noqa: E402
     write_json,
 )
 from diffexp.callbacks.sample import sampler_label  # noqa: E402
+from diffexp.metrics import compute_metrics  # noqa: E402
 
 ALL_METRICS = (*SAMPLE_METRICS, "nll")
 RECORD = "evaluation.json"
@@ -194,7 +194,7 @@ def _sample_metrics(cfg, module, dm, sampler, metrics, weights, device) -> dict[
         y = class_labels(seeds, seed, module.num_classes, device)
         return sampler(denoiser, shape=shape, seeds=seeds, y=y, guidance_scale=cfg.guidance_scale, device=device)
 
-    res = evaluate_samples(sample_fn, int(cfg.num_samples), extractor, real, chosen, batch_size=int(cfg.batch_size),
+    res = compute_metrics(sample_fn, int(cfg.num_samples), extractor, real, batch_size=int(cfg.batch_size), metrics=chosen,
                            seed_offset=seed, data_range=module.data_range, kid_subset_size=cfg.kid_subset_size,
                            kid_subsets=cfg.kid_subsets, kid_max_samples=cfg.kid_max_samples,
                            swd_projections=cfg.swd_projections, device=device)

@@ -1,8 +1,7 @@
 """2-D toy distributions, generated deterministically from a seed (train/val/test use seeds s, s+1, s+2).
 
-``gaussian_mixture`` has a known density: :meth:`Toy2DDataModule.log_prob` and
-:meth:`Toy2DDataModule.posterior_mean` give the exact noised marginal and the optimal denoiser, for
-tests and oracles. Labels: mixture component (gaussian_mixture), moon index (moons), else zeros.
+``gaussian_mixture`` has a known density: :meth:`Toy2DDataModule.oracle` gives its exact noised
+marginal and optimal denoiser (:class:`diffexp.oracles.GaussianMixtureOracle`). Labels: mixture component (gaussian_mixture), moon index (moons), else zeros.
 """
 
 from __future__ import annotations
@@ -91,31 +90,13 @@ class Toy2DDataModule(BaseDataModule):
         return {"sizes": self.sizes, "data_seed": self.data_seed, "noise": self.noise, "std": self.std,
                 "means": self.means.tolist(), "weights": self.weights.tolist()}
 
-    # --- exact density of the mixture ---------------------------------------------------------
-    def _check_mixture(self):
+    # --- the exact denoiser of the mixture -------------------------------------------------------
+    def oracle(self, process, prediction: str = "eps"):
+        """The exact denoiser of this mixture under ``process`` (a ``DiffusionProcess`` or schedule):
+        a :class:`~diffexp.oracles.GaussianMixtureOracle` with the data's weights, means and isotropic
+        ``std²`` covariances (``marginal_log_prob``, ``eps_and_x0``, or as a perfect network)."""
         if self.dataset_name != "gaussian_mixture":
-            raise ValueError(f"exact density only for gaussian_mixture, not {self.dataset_name}")
+            raise ValueError(f"an exact denoiser exists only for dataset=gaussian_mixture, not {self.dataset_name!r}")
+        from diffexp.oracles import GaussianMixtureOracle  # data does not otherwise depend on the process
 
-    def log_prob(self, x: torch.Tensor, alpha: float | torch.Tensor = 1.0, sigma: float | torch.Tensor = 0.0) -> torch.Tensor:
-        """log density of ``x_t = alpha·x0 + sigma·eps`` at ``x`` (N,2):
-        ``log Σ_k w_k N(x; alpha·μ_k, (alpha²s² + sigma²) I)``; alpha=1, sigma=0 is the data density.
-        ``alpha``/``sigma`` may be tensors broadcastable to (N,)."""
-        self._check_mixture()
-        x = x.double()
-        alpha, sigma = (torch.as_tensor(v, dtype=torch.float64).reshape(-1, 1) for v in (alpha, sigma))
-        var = alpha**2 * self.std**2 + sigma**2  # (N or 1, 1)
-        d2 = ((x[:, None, :] - alpha[..., None] * self.means[None]) ** 2).sum(-1)  # (N, K)
-        logn = -0.5 * d2 / var - torch.log(2 * math.pi * var)  # 2-D Gaussian, isotropic
-        return torch.logsumexp(logn + self.weights.log(), dim=1)
-
-    def posterior_mean(self, x_t: torch.Tensor, alpha: float | torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-        """Optimal denoiser ``E[x0 | x_t]`` for ``x_t = alpha·x0 + sigma·eps``:
-        ``Σ_k r_k(x_t) (μ_k + alpha s²/(alpha²s² + sigma²) (x_t - alpha μ_k))``, r_k = posterior of component k."""
-        self._check_mixture()
-        x = x_t.double()
-        alpha, sigma = (torch.as_tensor(v, dtype=torch.float64).reshape(-1, 1) for v in (alpha, sigma))
-        var = alpha**2 * self.std**2 + sigma**2
-        diff = x[:, None, :] - alpha[..., None] * self.means[None]  # (N, K, 2)
-        r = torch.softmax(-0.5 * (diff**2).sum(-1) / var + self.weights.log(), dim=1)  # (N, K)
-        m = self.means[None] + (alpha * self.std**2 / var)[..., None] * diff
-        return (r[..., None] * m).sum(1).to(x_t.dtype)
+        return GaussianMixtureOracle(self.weights, self.means, self.std**2, process, prediction)

@@ -18,6 +18,7 @@ from diffexp.metrics.evaluate import (
     compare_stats,
     compute_metrics,
     extract_into,
+    global_sample_order,
     keyed_metrics,
     metric_key,
     reference_stats,
@@ -43,14 +44,15 @@ from diffexp.metrics.stats import (
     kernel_inception_distance,
     polynomial_mmd2,
     psd_sqrt,
+    sliced_wasserstein,
 )
 from diffexp.metrics.utils import default_cache_dir
 
 __all__ = [
     "INCEPTION_FILENAME", "ClassifierExtractor", "FeatureAccumulator", "FeatureExtractor", "FeatureStats",
     "InceptionExtractor", "RandomExtractor", "SampleQuality", "SmallCNN", "build_classifier", "build_extractor",
-    "compare_stats", "compute_metrics", "default_cache_dir", "extract_into", "frechet_distance", "inception_score",
+    "compare_stats", "compute_metrics", "default_cache_dir", "extract_into", "frechet_distance", "global_sample_order", "inception_score",
     "inception_score_from_sums", "inception_weights_path", "kernel_inception_distance", "keyed_metrics",
     "load_or_train_classifier", "make_extractor", "make_inception_standin", "metric_key", "polynomial_mmd2",
-    "psd_sqrt", "reference_stats", "reference_stats_path", "train_classifier",
+    "psd_sqrt", "reference_stats", "reference_stats_path", "sliced_wasserstein", "train_classifier",
 ]

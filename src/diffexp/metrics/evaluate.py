@@ -14,6 +14,7 @@ so the ranks generate disjoint samples and only features/sums are exchanged.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,13 @@ from typing import Any
 import torch
 
 from diffexp.metrics.extractors import FeatureExtractor
-from diffexp.metrics.stats import FeatureAccumulator, FeatureStats, frechet_distance, kernel_inception_distance
+from diffexp.metrics.stats import (
+    FeatureAccumulator,
+    FeatureStats,
+    frechet_distance,
+    kernel_inception_distance,
+    sliced_wasserstein,
+)
 from diffexp.metrics.utils import atomic_save, default_cache_dir, dist_info, slug
 
 ALL_METRICS = ("fid", "kid", "is")
@@ -180,22 +187,28 @@ def compute_metrics(sample_fn: Callable[[list[int]], torch.Tensor], n: int, extr
                     real_stats: FeatureStats, batch_size: int = 64, *, metrics: Sequence[str] = ALL_METRICS,
                     seed_offset: int = 0, data_range: tuple[float, float] | None = (-1.0, 1.0),
                     kid_subset_size: int = 1000, kid_subsets: int = 100, kid_max_samples: int = 10_000,
-                    is_splits: int = 10, sampler: str | None = None, nfe: int | None = None,
-                    ema: bool | None = None, device: torch.device | str | None = None,
+                    is_splits: int = 10, swd_projections: int = 256, sampler: str | None = None,
+                    nfe: int | None = None, ema: bool | None = None, device: torch.device | str | None = None,
                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Generate ``n`` samples with ``sample_fn(seeds) -> images (len(seeds), C, H, W)`` in batches of
     ``batch_size`` and evaluate them against ``real_stats`` in constant memory.
 
     Seeds are ``seed_offset + i`` for sample i (batch-size independent, e.g.
     ``sample_fn = lambda s: sampler(denoiser, shape=shape, seeds=s)``); under DDP rank r takes
-    i = r, r + W, .... Samples are clamped to ``data_range`` before extraction. Returns a dict with
-    ``fid``, ``kid``, ``kid_std``, ``is``, ``is_std`` (those requested) and provenance: ``n_gen``,
-    ``n_real``, ``extractor``, ``extractor_hash``, ``sampler``, ``nfe``, ``ema``, ``real`` (reference
-    meta), ``kid_subset_size``, ``seconds``, ``images_per_s``.
+    i = r, r + W, ... and the stored KID/SWD features are put back into global sample order, so the
+    numbers do not depend on the number of ranks. Samples are clamped to ``data_range`` before
+    extraction. ``metrics`` ⊆ {fid, kid, is, swd} (``swd``: sliced Wasserstein-2 on the stored
+    features, for low-dimensional data). Returns a dict with those metrics (``kid_std``, ``is_std``
+    beside them) and provenance: ``n_gen``, ``n_real``, ``extractor``, ``extractor_hash``, ``sampler``,
+    ``nfe``, ``ema``, ``real`` (reference meta), ``kid_subset_size``, ``seeds``, ``seconds``,
+    ``images_per_s``.
     """
     rank, world = dist_info()
-    metric = SampleQuality(extractor, real_stats, metrics, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
-                           kid_max_samples=kid_max_samples, is_splits=is_splits)
+    metrics = tuple(metrics)
+    keep = kid_max_samples if ("kid" in metrics or "swd" in metrics) else 0
+    store = metrics + (("kid",) if keep and "kid" not in metrics else ())  # SWD reads the KID feature store
+    metric = SampleQuality(extractor, real_stats, store, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+                           kid_max_samples=keep, is_splits=is_splits)
     if device is not None:
         metric.to(device)
     seeds = list(range(seed_offset + rank, seed_offset + n, world))
@@ -208,10 +221,36 @@ def compute_metrics(sample_fn: Callable[[list[int]], torch.Tensor], n: int, extr
             raise ValueError(f"sample_fn returned {x.shape[0]} samples for {len(batch)} seeds")
         if data_range is not None:
             x = x.clamp(*data_range)
-        metric.update(x.to(device) if device is not None else x, torch.tensor(batch) - seed_offset)
+        metric.update(x.to(device) if device is not None else x, torch.tensor(batch, device=x.device) - seed_offset)
         if progress is not None:
             progress(min(i + batch_size, len(seeds)), len(seeds))
     seconds = time.perf_counter() - t0
-    out = metric.compute()
-    out.update(sampler=sampler, nfe=nfe, ema=ema, seconds=seconds, images_per_s=n / max(seconds, 1e-9))
+    gen = metric.statistics()  # collective: sums reduced, stored features gathered
+    if world > 1 and gen.features is not None:
+        gen.features = global_sample_order(gen.features, n, world, keep)
+    out = compare_stats(gen, real_stats, [m for m in metrics if m != "swd"],
+                        kid_subset_size=kid_subset_size, kid_subsets=kid_subsets)
+    if "swd" in metrics:
+        if gen.features is None or real_stats.features is None or not len(gen.features) or not len(real_stats.features):
+            raise ValueError("swd needs stored features in both statistics (kid_max_samples > 0)")
+        out.update(swd=sliced_wasserstein(gen.features, real_stats.features, swd_projections),
+                   swd_projections=swd_projections, n_gen_swd=len(gen.features), n_real_swd=len(real_stats.features))
+    out.update(extractor=extractor.name, extractor_hash=extractor.weights_hash, real=dict(real_stats.meta),
+               sampler=sampler, nfe=nfe, ema=ema, seconds=seconds, images_per_s=n / max(seconds, 1e-9),
+               seeds={"offset": seed_offset, "first": seed_offset, "last": seed_offset + n - 1,
+                      "rule": "sample i uses seed offset+i; rank r of W draws i = r, r+W, ..."})
     return out
+
+
+def global_sample_order(features: torch.Tensor, n: int, world: int, keep: int) -> torch.Tensor:
+    """Put gathered KID/SWD features back into global sample order.
+
+    torchmetrics gathers list states rank-major: rank 0's stored features (global indices 0, W, 2W, ...),
+    then rank 1's (1, 1+W, ...), each rank keeping at most ceil(keep / W), truncated to ``keep`` in all.
+    KID draws its subsets by position, so without this the value would depend on the number of ranks.
+    (When the layout is not the expected one the features are returned unchanged.)"""
+    cap = math.ceil(keep / world)
+    index = torch.cat([torch.arange(r, n, world)[:cap] for r in range(world)])[:keep]
+    if len(index) != len(features):
+        return features
+    return features[index.argsort()]
