@@ -40,6 +40,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from diffexp.callbacks.metrics import _jsonable, log_provenance, log_values, reference_split, write_json
+from diffexp.callbacks.periodic import PeriodicCallback
 from diffexp.likelihood import elbo_bits_per_dim
 from diffexp.metrics.utils import dist_info
 from diffexp.rng import make_generator
@@ -137,7 +138,7 @@ def write_per_t_csv(path: Path, per_t: list[float]) -> Path:
     return path
 
 
-class NLLCallback(L.Callback):
+class NLLCallback(PeriodicCallback):
     """The variational bound in bits/dim on held-out data, every ``every_n_steps`` optimizer steps and
     at the end of training (see the module docstring for keys, files, cost and DDP).
 
@@ -158,8 +159,7 @@ class NLLCallback(L.Callback):
                  split: str = "test", batch_size: int = 32, t_batch: int | None = None, seed: int = 0,
                  ema: bool = True, reverse_variance: str = "beta_tilde", clip_denoised: bool = False,
                  out_dir: str | None = None):
-        super().__init__()
-        self.every_n_steps, self.at_end = every_n_steps, at_end
+        super().__init__(every_n_steps, at_end)
         self.num_examples, self.split, self.batch_size, self.t_batch = num_examples, split, int(batch_size), t_batch
         self.seed, self.ema, self.reverse_variance, self.clip_denoised = int(seed), ema, reverse_variance, clip_denoised
         self.out_dir = out_dir
@@ -167,7 +167,6 @@ class NLLCallback(L.Callback):
         self.used_split: str | None = None
         self.last_result: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
-        self._last_step = -1
         self._logged_provenance = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -179,14 +178,8 @@ class NLLCallback(L.Callback):
         x, y, self.used_split = nll_examples(dm, self.split, self.num_examples, self.seed)
         self.data = (x, y)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self.at_end and trainer.global_step != self._last_step:
-            self.evaluate(trainer, pl_module)
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        return self.evaluate(trainer, pl_module)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         if self.data is None:

@@ -56,6 +56,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from diffexp.callbacks.periodic import PeriodicCallback
 from diffexp.metrics import FeatureExtractor, FeatureStats, compute_metrics, metric_key, reference_stats
 from diffexp.metrics.utils import dist_info
 
@@ -337,7 +338,7 @@ def _barrier() -> None:
 
 
 # ---------------------------------------------------------------------------------------- callback
-class MetricsCallback(L.Callback):
+class MetricsCallback(PeriodicCallback):
     """FID/KID/IS (or FID/KID/SWD on 2-D data) of ``num_samples`` samples every ``every_n_steps``
     optimizer steps and at the end of training; see the module docstring for keys, files and DDP.
 
@@ -368,12 +369,11 @@ class MetricsCallback(L.Callback):
                  ema: bool = True, guidance_scale: float = 1.0, kid_subset_size: int = 1000, kid_subsets: int = 100,
                  kid_max_samples: int = 10_000, swd_projections: int = 256, cache_dir: str | None = None,
                  out_dir: str | None = None, recompute_reference: bool = False):
-        super().__init__()
+        super().__init__(every_n_steps, at_end)
         if int(num_samples) < 2:
             raise ValueError(f"num_samples={num_samples}: FID/KID need at least 2 samples")
         self.sampler, self.extractor_cfg = sampler, extractor
         self.metrics_cfg = None if metrics is None else list(metrics)
-        self.every_n_steps, self.at_end = every_n_steps, at_end
         self.num_samples, self.batch_size = int(num_samples), int(batch_size)
         self.split, self.num_real, self.seed, self.ema = split, num_real, int(seed), ema
         self.guidance_scale = float(guidance_scale)
@@ -386,7 +386,6 @@ class MetricsCallback(L.Callback):
         self.real_split: str | None = None
         self.last_result: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
-        self._last_step = -1
         self._logged_provenance: set[str] = set()
 
     # --- setup: extractor and reference statistics once, on every rank --------------------------------
@@ -424,22 +423,15 @@ class MetricsCallback(L.Callback):
 
         return instantiate(cfg)
 
-    # --- when ------------------------------------------------------------------------------------------
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self.at_end and trainer.global_step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
     # --- what ------------------------------------------------------------------------------------------
     def label(self, pl_module) -> str:
         """The sampler with its NFE, e.g. ``ddim-50`` (see :func:`diffexp.callbacks.sampler_label`)."""
         from diffexp.callbacks.sample import sampler_label
 
         return sampler_label(self.sampler, pl_module.schedule.num_timesteps)
+
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        return self.evaluate(trainer, pl_module)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """Generate, score, log and record (runs on every rank; see the module docstring)."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from diffexp.callbacks.periodic import PeriodicCallback
 from diffexp.images import image_grid, log_image, samples_to_image, save_png
 
 
@@ -18,7 +18,7 @@ def sampler_label(sampler, num_timesteps: int) -> str:
     return sampler.name if str(nfe) in sampler.name.split("-")[1:] else f"{sampler.name}-{nfe}"
 
 
-class SampleCallback(L.Callback):
+class SampleCallback(PeriodicCallback):
     """Every ``every_n_steps`` optimizer steps (and at the end of training), sample ``num_samples`` fixed
     seeds with ``sampler`` and log the grid under ``samples/<sampler name>`` (the name carries the NFE).
 
@@ -41,19 +41,16 @@ class SampleCallback(L.Callback):
         out_dir: str | None = None,
         name: str | None = None,
     ):
-        super().__init__()
+        super().__init__(every_n_steps, at_end)
         self.sampler = sampler
-        self.every_n_steps = every_n_steps
         self.num_samples = num_samples
         self.seed = seed
         self.ema = ema
-        self.at_end = at_end
         self.trajectory = trajectory
         self.trajectory_points = trajectory_points
         self.guidance_scale = guidance_scale
         self.out_dir = out_dir
         self.name = name
-        self._last_step = -1
         self.last_paths: list[Path] = []
 
     def key(self, pl_module) -> str:
@@ -62,14 +59,8 @@ class SampleCallback(L.Callback):
     def _out_dir(self, trainer) -> Path:
         return Path(self.out_dir or Path(trainer.default_root_dir) / "samples")
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self.sample_and_log(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module):
-        if self.at_end and trainer.global_step != self._last_step:
-            self.sample_and_log(trainer, pl_module)
+    def run(self, trainer, pl_module) -> None:
+        self.sample_and_log(trainer, pl_module)
 
     @rank_zero_only
     def sample_and_log(self, trainer, pl_module) -> None:
