@@ -178,9 +178,6 @@ class NLLCallback(PeriodicCallback):
         x, y, self.used_split = nll_examples(dm, self.split, self.num_examples, self.seed)
         self.data = (x, y)
 
-    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        return self.evaluate(trainer, pl_module)
-
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         if self.data is None:
             self.setup(trainer, pl_module, "fit")

@@ -430,9 +430,6 @@ class MetricsCallback(PeriodicCallback):
 
         return sampler_label(self.sampler, pl_module.schedule.num_timesteps)
 
-    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        return self.evaluate(trainer, pl_module)
-
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """Generate, score, log and record (runs on every rank; see the module docstring)."""
         if self.real_stats is None:

@@ -59,7 +59,7 @@ class SampleCallback(PeriodicCallback):
     def _out_dir(self, trainer) -> Path:
         return Path(self.out_dir or Path(trainer.default_root_dir) / "samples")
 
-    def run(self, trainer, pl_module) -> None:
+    def evaluate(self, trainer, pl_module) -> None:
         self.sample_and_log(trainer, pl_module)
 
     @rank_zero_only
