@@ -25,6 +25,16 @@ CONF = REPO / "conf"
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 
+def free_port() -> int:
+    """A TCP port the OS reports free now, for a gloo rendezvous. (Not ``random``: tests seed it, so two
+    suites running side by side drew the same port and one failed with EADDRINUSE.)"""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def compose(config_name: str = "train", overrides: list[str] | None = None, tmp_path: Path | None = None):
     """Compose a shipped config (with Hydra's runtime resolvers available) as a test would run it."""
     from hydra import compose as hydra_compose

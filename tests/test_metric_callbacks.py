@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import compose
+from conftest import compose, free_port
 from diffexp.callbacks import PointsExtractor
 from diffexp.callbacks.metrics import make_metrics_extractor, resolve_metrics, sampler_family
 from diffexp.cli.train import train
@@ -241,12 +241,10 @@ def _ddp_payload():
 @pytest.mark.ddp
 def test_two_ranks_give_the_single_process_numbers(tmp_path):
     """Samples and NLL chunks sharded over 2 gloo ranks, features and sums reduced: the same numbers."""
-    import random
-
     import torch.multiprocessing as mp
 
     out = tmp_path / "ddp.pt"
-    mp.start_processes(_ddp_worker, args=(2, random.randint(20000, 40000), str(out)), nprocs=2, start_method="spawn")
+    mp.start_processes(_ddp_worker, args=(2, free_port(), str(out)), nprocs=2, start_method="spawn")
     ddp = torch.load(out)
     single = _ddp_payload()
     assert ddp["n_gen"] == single["n_gen"] == 37 and ddp["n"] == single["n"] == 11

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import free_port
 from diffexp.metrics import (  # (imports diffexp first: torchvision patch before torchmetrics)
     INCEPTION_FILENAME,
     ClassifierExtractor,
@@ -392,13 +393,9 @@ def _seeded_images(seeds):
 
 @pytest.mark.ddp
 def test_ddp_matches_single_process(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # both sets have 61 samples and KID uses one subset of 61: KID is then independent of the order
     # in which the ranks' features were gathered; FID/IS sums are order-free anyway
     mp.start_processes(_ddp_worker, args=(2, port, str(tmp_path / "ddp")), nprocs=2, join=True, start_method="fork")
