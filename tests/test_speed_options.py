@@ -82,6 +82,18 @@ def test_channels_last_from_config():
 
 
 # ---- torch.compile ---------------------------------------------------------------------------------------
+def assert_same_loss_and_grads(ref, other, x, loss_tol, grad_tol):
+    """The loss of ``other`` on ``x`` equals ``ref``'s within ``loss_tol`` = (rtol, atol), and so do the
+    parameter gradients within ``grad_tol``; returns ``other``'s loss."""
+    l_ref, l_other = loss_of(ref, x), loss_of(other, x)
+    torch.testing.assert_close(l_other, l_ref, rtol=loss_tol[0], atol=loss_tol[1])
+    l_ref.backward()
+    l_other.backward()
+    for p, q in zip(ref.net.parameters(), other.net.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=grad_tol[0], atol=grad_tol[1])
+    return l_other
+
+
 def test_compile_keeps_state_dict_keys_and_results():
     """module.compile (eager backend: the Dynamo graph capture, no code generation): the same loss and
     gradients as the eager module, and the state_dict / EMA / checkpoint keys carry no `_orig_mod.`."""
@@ -93,12 +105,7 @@ def test_compile_keeps_state_dict_keys_and_results():
     assert list(comp.state_dict()) == list(eager.state_dict())
     assert not any("_orig_mod" in k for k in comp.state_dict())
     x = torch.randn(16, 2)
-    l_eager, l_comp = loss_of(eager, x), loss_of(comp, x)
-    torch.testing.assert_close(l_comp, l_eager, rtol=1e-6, atol=1e-7)
-    l_eager.backward()
-    l_comp.backward()
-    for p, q in zip(eager.net.parameters(), comp.net.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7)
+    l_comp = assert_same_loss_and_grads(eager, comp, x, (1e-6, 1e-7), (1e-5, 1e-7))
     # EMA update and a checkpoint round trip into an uncompiled module, strictly
     comp.ema.update(comp.net)
     fresh = tiny_module(copy.deepcopy(net))
@@ -127,13 +134,7 @@ def test_compile_inductor_matches_eager():
     torch.manual_seed(0)
     net = randomize(MLP(in_channels=2, hidden_dim=16, num_blocks=1, time_embed_dim=8))
     eager, comp = tiny_module(copy.deepcopy(net)), tiny_module(copy.deepcopy(net), compile=True)
-    x = torch.randn(16, 2)
-    l_eager, l_comp = loss_of(eager, x), loss_of(comp, x)
-    torch.testing.assert_close(l_comp, l_eager, rtol=1e-5, atol=1e-6)
-    l_eager.backward()
-    l_comp.backward()
-    for p, q in zip(eager.net.parameters(), comp.net.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6)
+    assert_same_loss_and_grads(eager, comp, torch.randn(16, 2), (1e-5, 1e-6), (1e-4, 1e-6))
     assert not any("_orig_mod" in k for k in comp.state_dict())
 
 
