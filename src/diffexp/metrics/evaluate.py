@@ -221,7 +221,9 @@ def compute_metrics(sample_fn: Callable[[list[int]], torch.Tensor], n: int, extr
             raise ValueError(f"sample_fn returned {x.shape[0]} samples for {len(batch)} seeds")
         if data_range is not None:
             x = x.clamp(*data_range)
-        metric.update(x.to(device) if device is not None else x, torch.tensor(batch, device=x.device) - seed_offset)
+        if device is not None:
+            x = x.to(device)
+        metric.update(x, torch.tensor(batch, device=x.device) - seed_offset)
         if progress is not None:
             progress(min(i + batch_size, len(seeds)), len(seeds))
     seconds = time.perf_counter() - t0
