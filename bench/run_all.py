@@ -11,6 +11,7 @@ Quick (default; ~7 min on the shared 2-core CPU it was written on):
   bench_time_to_quality.py  classifier-FID of `make train`'s EMA samples vs training wall-clock (~15 min).
 The throughput scripts default to one torch thread (robust on a shared machine; bench_time_to_quality uses
 torch's default, as `make train` does); pass --threads N to set it for all.
+Not run here: net_step_time.py, the training-step time of one network preset (for choosing a model size).
 
 Every script writes ``bench/results/<name>.json`` and prints a table; this runner streams their output,
 keeps each one's table and writes them, with the machine, the load average and the commands, to

@@ -30,15 +30,14 @@ Random streams
 --------------
 Training noise/timesteps are drawn from generators seeded by (seed, "train", global_rank, step,
 micro-batch) in :mod:`diffexp.module`, validation noise by (seed, "val", rank, batch): pinned across
-epochs. Sampling uses one seed per sample; :func:`rank_seeds` splits a list of seeds across ranks so
-that every image is generated exactly once and does not depend on the number of ranks.
+epochs. Sampling uses one seed per sample; :func:`diffexp.metrics.compute_metrics` gives rank r of W the
+samples r, r + W, ..., so every image is generated exactly once and does not depend on the number of ranks.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,26 +50,6 @@ _SWEEP_ONLY_KEYS = (
     "hydra.launcher", "hydra.sweeper", "hydra.sweep", "hydra.mode",
     "hydra.run.dir", "hydra.output_subdir", "hydra.job.name", "hydra.job.num", "hydra.job.id",
 )
-
-
-# ---- seeds --------------------------------------------------------------------------------------
-def rank_seeds(seeds: Sequence[int], rank: int, world_size: int) -> list[int]:
-    """This rank's share of ``seeds``: contiguous blocks whose sizes differ by at most one.
-
-    The blocks are disjoint and their concatenation in rank order is ``seeds`` itself, so with
-    per-sample seeds the set of images (and, after an all-gather in rank order, their order) is the
-    same for any number of ranks, and no image is generated twice.
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    seeds = list(seeds)
-    n = len(seeds)
-    return seeds[rank * n // world_size : (rank + 1) * n // world_size]
-
-
-def max_rank_share(num_seeds: int, world_size: int) -> int:
-    """The largest share of :func:`rank_seeds` (pad to this before an all-gather of uneven shares)."""
-    return -(-num_seeds // world_size)
 
 
 # ---- one directory per job ----------------------------------------------------------------------

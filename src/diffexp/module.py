@@ -17,7 +17,6 @@ not updated on them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +31,7 @@ from diffexp.process import DiffusionProcess, check_prediction
 from diffexp.rng import derive_seed, make_generator
 from diffexp.schedules import NoiseSchedule
 
-__all__ = ["DiffusionModule", "CHECKPOINT_KEY", "CHECKPOINT_FORMAT", "bits_per_dim"]
+__all__ = ["DiffusionModule", "CHECKPOINT_KEY", "CHECKPOINT_FORMAT"]
 
 
 class DiffusionModule(L.LightningModule):
@@ -300,6 +299,3 @@ class DiffusionModule(L.LightningModule):
     def extra_repr(self) -> str:
         return f"prediction={self.prediction}, T={self.schedule.num_timesteps}, params={self.num_parameters() / 1e6:.2f}M"
 
-
-def bits_per_dim(nats: Tensor, dims: int) -> Tensor:
-    return nats / (dims * math.log(2.0))

@@ -15,8 +15,6 @@ import zlib
 import numpy as np
 import torch
 
-PURPOSES = ("train", "val", "sample", "label_dropout", "test")
-
 
 def derive_seed(seed: int, purpose: str, *keys: int) -> int:
     """A 63-bit seed from a base seed, a purpose name and integer keys (rank, step, batch...)."""

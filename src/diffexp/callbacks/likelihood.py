@@ -165,8 +165,6 @@ class NLLCallback(PeriodicCallback):
         self.out_dir = out_dir
         self.data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.used_split: str | None = None
-        self.last_result: dict[str, Any] | None = None
-        self.history: list[dict[str, Any]] = []
         self._logged_provenance = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -198,8 +196,6 @@ class NLLCallback(PeriodicCallback):
                       time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         values = nll_keys(result, self.used_split, weights)
         result["keys"] = values
-        self.last_result = result
-        self.history.append(result)
         log_values(trainer, values, step)
         if trainer.is_global_zero:
             self._record(trainer, result, weights)

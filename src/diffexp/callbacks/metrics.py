@@ -384,8 +384,6 @@ class MetricsCallback(PeriodicCallback):
         self.real_stats: FeatureStats | None = None
         self.metrics: tuple[str, ...] = ()
         self.real_split: str | None = None
-        self.last_result: dict[str, Any] | None = None
-        self.history: list[dict[str, Any]] = []
         self._logged_provenance: set[str] = set()
 
     # --- setup: extractor and reference statistics once, on every rank --------------------------------
@@ -467,8 +465,6 @@ class MetricsCallback(PeriodicCallback):
         )
         values = keyed_values(result)
         result["keys"] = values
-        self.last_result = result
-        self.history.append(result)
         log_values(trainer, values, step)
         self._record(trainer, result)
         shown = ", ".join(f"{m}={result[m]:.5g}" for m in ("fid", "kid", "is", "swd") if result.get(m) is not None)

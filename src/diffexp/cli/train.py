@@ -76,7 +76,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         print_config_tree(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
-    callbacks += setup_loggers(cfg, loggers, find_resume_checkpoint(cfg))  # W&B: config at init, run id in ckpt
+    ckpt_path = find_resume_checkpoint(cfg)  # resolved once: `auto` scans the log dir, a path is read and checked
+    callbacks += setup_loggers(cfg, loggers, ckpt_path)  # W&B: config at init, run id in ckpt
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     batch_line = apply_global_batch(cfg, trainer)  # derives accumulation from global_batch_size when set
     if trainer.is_global_zero:
@@ -86,7 +87,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
-    ckpt_path = find_resume_checkpoint(cfg)
     start = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     elapsed = time.time() - start

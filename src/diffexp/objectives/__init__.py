@@ -1,6 +1,6 @@
 """Training objectives (config group ``objective``). See :mod:`diffexp.objectives.base` for the protocol."""
 
-from diffexp.objectives.base import LossOutput, Objective, mean_flat, t_bin_stats
+from diffexp.objectives.base import LossOutput, Objective, mean_flat
 from diffexp.objectives.elbo import ELBOObjective
 from diffexp.objectives.hybrid import HybridObjective
 from diffexp.objectives.score import ScoreMatchingObjective
@@ -21,5 +21,4 @@ __all__ = [
     "snr_weight",
     "WEIGHTINGS",
     "mean_flat",
-    "t_bin_stats",
 ]

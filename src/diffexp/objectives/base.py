@@ -43,16 +43,6 @@ def mean_flat(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).mean(1)
 
 
-def t_bin_stats(per_sample: Tensor, t: Tensor, num_timesteps: int, bins: int = 4) -> tuple[Tensor, Tensor]:
-    """(sum, count) of ``per_sample`` in ``bins`` equal ranges of t (bin = t·bins // T); accumulate
-    both over batches/ranks and divide for the loss per range (e.g. per quarter)."""
-    idx = (t.long() * bins) // num_timesteps
-    sums = torch.zeros(bins, device=per_sample.device, dtype=torch.float64).index_add_(
-        0, idx, per_sample.detach().double()
-    )
-    return sums, torch.bincount(idx, minlength=bins)
-
-
 class Objective(nn.Module):
     """Base class: subclasses implement :meth:`compute` for given (t, ε)."""
 

@@ -1,0 +1,126 @@
+"""Build diffexp objects from a composed Hydra config, and load them back from checkpoints.
+
+The data-dependent sizes (channels, image size, number of classes) come from the data module when
+training and from the checkpoint when sampling, so a checkpoint is self-describing: it stores the
+resolved config next to the weights and :func:`load_module` rebuilds the network without the dataset.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from diffexp.checkpoint import CHECKPOINT_KEY, CheckpointError, read_checkpoint
+from diffexp.module import DiffusionModule
+from diffexp.validation import ConfigError
+
+__all__ = ["CheckpointError", "ConfigError", "build_module", "build_net", "data_info", "load_denoiser", "load_module",
+           "read_checkpoint", "resolve_num_classes"]
+
+
+def data_info(datamodule) -> dict[str, Any]:
+    return {
+        "data_shape": list(datamodule.data_shape),
+        "num_classes": getattr(datamodule, "num_classes", None),
+        "data_range": list(datamodule.data_range) if getattr(datamodule, "data_range", None) is not None else None,
+    }
+
+
+def resolve_num_classes(cfg: DictConfig, dataset_classes: int | None) -> int | None:
+    """``conditional: true`` uses the dataset's classes; an explicit ``model.num_classes`` wins."""
+    explicit = cfg.model.get("num_classes") if "model" in cfg else None
+    if explicit is not None:
+        return int(explicit)
+    if not cfg.get("conditional", False):
+        return None
+    if dataset_classes is None:
+        raise ConfigError(
+            f"conditional=true needs labelled data, but data ({_data_name(cfg)}) has no class labels; "
+            "set conditional=false or use a labelled dataset"
+        )
+    return int(dataset_classes)
+
+
+def _data_name(cfg: DictConfig) -> str:
+    data = cfg.get("data") or {}
+    name = str(data.get("_target_", "?")).rsplit(".", 1)[-1]
+    return f"{name}, dataset={data.dataset}" if "dataset" in data else name
+
+
+def _model_name(cfg: DictConfig) -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get("model")
+    except Exception:  # noqa: BLE001  (no Hydra context: tests, notebooks)
+        choice = None
+    target = str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
+    if choice and str(choice).split("_")[0].lower() in target.lower():  # (a stale Hydra context names another)
+        return f"model={choice} ({target})"
+    return f"model ({target})"
+
+
+def build_net(cfg: DictConfig, data_shape, num_classes: int | None):
+    factory = instantiate(cfg.model)
+    if not callable(factory) or isinstance(factory, torch.nn.Module):
+        raise ValueError("model configs must be partials (`_partial_: true`) taking in_channels, image_size, num_classes")
+    shape = list(data_shape)
+    image_size = shape[-1] if len(shape) == 3 else None
+    try:
+        return factory(in_channels=shape[0], image_size=image_size, num_classes=num_classes)
+    except (ValueError, TypeError, AssertionError) as e:
+        size = f"image_size={image_size}, in_channels={shape[0]}" if image_size else f"in_channels={shape[0]}"
+        raise ConfigError(
+            f"{_model_name(cfg)} cannot be built with its model.* options for the data ({_data_name(cfg)}: "
+            f"data_shape={tuple(shape)}, {size}): {e}. Change the model.* options or the data (e.g. data.image_size)"
+        ) from e
+
+
+def build_module(cfg: DictConfig, info: dict[str, Any]) -> DiffusionModule:
+    num_classes = resolve_num_classes(cfg, info.get("num_classes"))
+    net = build_net(cfg, info["data_shape"], num_classes)
+    schedule = instantiate(cfg.schedule)
+    objective = instantiate(cfg.objective)
+    module_cfg = OmegaConf.to_container(cfg.module, resolve=True) if "module" in cfg else {}
+    optimizer = instantiate(cfg.optimizer) if "optimizer" in cfg else None
+    lr_scheduler = instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
+    data_range = info.get("data_range")
+    return DiffusionModule(
+        net=net,
+        schedule=schedule,
+        objective=objective,
+        prediction=cfg.prediction,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        num_classes=num_classes,
+        data_shape=tuple(info["data_shape"]),
+        data_range=tuple(data_range) if data_range is not None else None,
+        seed=int(cfg.get("seed", 0)),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        **module_cfg,
+    )
+
+
+def load_module(path: str | os.PathLike, map_location="cpu") -> DiffusionModule:
+    """Rebuild the module from the config stored in the checkpoint and load its weights (and EMA)."""
+    ckpt = read_checkpoint(path, map_location)
+    meta = ckpt[CHECKPOINT_KEY]
+    cfg = OmegaConf.create(meta["config"])
+    info = {"data_shape": meta["data_shape"], "num_classes": meta["num_classes"], "data_range": meta["data_range"]}
+    module = build_module(cfg, info)
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not match the model its config describes: {e}") from e
+    module.checkpoint_info = {"path": str(path), "global_step": int(ckpt.get("global_step", 0)), "epoch": int(ckpt.get("epoch", 0))}
+    return module.eval()
+
+
+def load_denoiser(path: str | os.PathLike, ema: bool = True, map_location="cpu"):
+    """(Denoiser, module) for sampling and evaluation; EMA weights when present and updated."""
+    module = load_module(path, map_location)
+    return module.denoiser(ema=ema), module

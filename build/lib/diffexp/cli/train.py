@@ -1,0 +1,132 @@
+"""`python train.py` / `diffexp-train`: compose the config, check it, train, and say where things are."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import diffexp  # noqa: F401  (torchvision shim before lightning)
+from diffexp.config import CONFIG_DIR, print_config_tree, setup_environment
+from diffexp.launch import ddp_job, finish_loggers, prepare_launch, setup_loggers
+
+setup_environment()
+prepare_launch()  # DDP ranks under Hydra runs/multiruns; one run dir for torchrun/srun ranks (diffexp/launch.py)
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from diffexp.build import build_module, data_info  # noqa: E402
+from diffexp.validation import apply_global_batch  # noqa: E402
+
+
+def instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every `_target_` entry of a dict-of-configs group (callbacks, loggers)."""
+    if not cfg:
+        return []
+    return [instantiate(node) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def validate_config(cfg: DictConfig, datamodule=None) -> None:
+    """Reject nonsense before anything is built, naming the keys (all problems at once; see diffexp.validation)."""
+    from diffexp.validation import validate_config as _validate
+
+    _validate(cfg, datamodule)
+
+
+def find_resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from: `ckpt_path=<path>` (checked: readable, same model/schedule/target)
+    or `auto` (the newest compatible last.ckpt under paths.log_dir/task_name). The resumed run writes
+    into its own, new run directory; see diffexp.resume.resolve_ckpt_path."""
+    from diffexp.resume import resolve_ckpt_path
+
+    return resolve_ckpt_path(cfg)
+
+
+def _stop_signal(callbacks) -> int | None:
+    """The signal (SIGTERM/SIGINT) that stopped training early, if any (see diffexp.checkpoint.SignalCheckpoint)."""
+    return next((int(cb.received) for cb in callbacks if getattr(cb, "received", None)), None)
+
+
+def _exit_after_signal(signum: int | None, callbacks, trainer) -> None:
+    """After a signal: the checkpoint is saved and the loggers are closed; exit with 128 + signal, no traceback."""
+    if signum is None:
+        return
+    import signal
+    import sys
+
+    path = next((cb.saved_path for cb in callbacks if getattr(cb, "saved_path", None)), None)
+    if trainer.is_global_zero:
+        print(f"[diffexp] stopped by {signal.Signals(signum).name} at step {trainer.global_step}; resumable checkpoint: "
+              f"{path}\n[diffexp] resume with the same command plus ckpt_path=auto (or ckpt_path={path})", flush=True)
+    sys.exit(128 + signum)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    out_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # network initialisation only
+    datamodule = instantiate(cfg.data)
+    validate_config(cfg, datamodule)  # every problem named by its key, before anything is built
+    module = build_module(cfg, data_info(datamodule))  # a model that cannot take the data: ConfigError too
+    if cfg.get("print_config", True):
+        print_config_tree(cfg)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks += setup_loggers(cfg, loggers, find_resume_checkpoint(cfg))  # W&B: config at init, run id in ckpt
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    batch_line = apply_global_batch(cfg, trainer)  # derives accumulation from global_batch_size when set
+    if trainer.is_global_zero:
+        print(batch_line)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    if trainer.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    ckpt_path = find_resume_checkpoint(cfg)
+    start = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    elapsed = time.time() - start
+    stopped = _stop_signal(callbacks)
+    if cfg.get("test") and stopped is None:
+        trainer.test(module, datamodule=datamodule)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics.update(train_seconds=elapsed, global_step=trainer.global_step, params=module.num_parameters())
+    if stopped is not None:
+        metrics["stopped_by_signal"] = stopped
+    if trainer.is_global_zero:
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        _print_summary(out_dir, callbacks, metrics)
+    finish_loggers(loggers, trainer.is_global_zero)  # one W&B run per job, even in multiruns; prints `wandb sync`
+    _exit_after_signal(stopped, callbacks, trainer)
+    return metrics
+
+
+def _print_summary(out_dir: Path, callbacks, metrics: dict[str, float]) -> None:
+    samples = [p for cb in callbacks for p in getattr(cb, "last_paths", [])]
+    ckpts = sorted((out_dir / "checkpoints").glob("*.ckpt")) if (out_dir / "checkpoints").is_dir() else []
+    print("\n" + "=" * 72)
+    print(f"run directory : {out_dir}")
+    for p in samples:
+        print(f"samples       : {p}")
+    if ckpts:
+        print(f"checkpoints   : {out_dir / 'checkpoints'} ({', '.join(p.name for p in ckpts[-3:])})")
+    print(f"metrics       : {out_dir / 'metrics.json'}")
+    shown = {k: round(v, 5) for k, v in metrics.items() if k.startswith(("val/", "train/loss"))}
+    print(f"final metrics : {shown}  ({metrics['train_seconds']:.0f} s, {metrics['global_step']} steps)")
+    print("=" * 72)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    with ddp_job():  # a sequential sweep's next job launches its own DDP ranks
+        metrics = train(cfg)
+    value = metrics.get(cfg.get("optimized_metric") or "")
+    return None if value is None or math.isnan(value) else value
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""A trained network together with the process and the target it predicts.
+
+This is what samplers, metrics and the likelihood evaluator receive: calling it with (x_t, t) returns a
+:class:`~diffexp.process.Prediction`, i.e. x̂_0, ε̂, v̂ and ŝ whatever the network was trained to output,
+so no sampler ever depends on the prediction target. Classifier-free guidance (Ho & Salimans 2022)
+also lives here, once, so every sampler can guide: the conditional and unconditional passes run as
+one batch and are combined in ε-space, ε̃ = ε_u + w (ε_c - ε_u).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from diffexp.process import DiffusionProcess, Prediction, check_prediction
+
+
+class Denoiser:
+    def __init__(
+        self,
+        net: nn.Module,
+        process: DiffusionProcess,
+        prediction: str = "eps",
+        num_classes: int | None = None,
+        data_range: tuple[float, float] | None = (-1.0, 1.0),
+    ):
+        self.net = net
+        self.process = process
+        self.prediction = check_prediction(prediction)
+        self.num_classes = num_classes
+        # Range x̂_0 is clipped to by samplers with clip_denoised on; None for unbounded data (toy2d).
+        self.data_range = data_range
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.process.num_timesteps
+
+    def raw(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The bare network output (one function evaluation)."""
+        if y is None:
+            return self.net(x_t, t)
+        return self.net(x_t, t, y=y)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        y: Tensor | None = None,
+        guidance_scale: float = 1.0,
+        clip: tuple[float, float] | None = None,
+    ) -> Prediction:
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        if y is not None and self.num_classes is None:
+            raise ValueError("class labels were given but the model is unconditional (model.num_classes is unset)")
+        if y is None or guidance_scale == 1.0:
+            out = self.raw(x_t, t, y)
+            return self.process.predict(out, x_t, t, self.prediction, clip=clip)
+        # Guided: one batch holding the conditional and the unconditional (null label) passes.
+        null = torch.full_like(y, self.num_classes)
+        out = self.raw(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
+        cond, uncond = out.chunk(2)
+        p_c = self.process.predict(cond, x_t, t, self.prediction)
+        p_u = self.process.predict(uncond, x_t, t, self.prediction)
+        eps = p_u.eps + guidance_scale * (p_c.eps - p_u.eps)
+        a, s = p_c.alpha, p_c.sigma
+        guided = Prediction(x0=(x_t - s * eps) / a, eps=eps, x_t=x_t, alpha=a, sigma=s)
+        if clip is not None:
+            x0 = guided.x0.clamp(*clip)
+            guided = Prediction(x0=x0, eps=(x_t - a * x0) / s, x_t=x_t, alpha=a, sigma=s)
+        return guided

@@ -1,0 +1,35 @@
+"""Samplers (config group ``sampler``). Each is a small class called as
+``sampler(denoiser, shape=..., seeds=...)``; see :mod:`diffexp.samplers.base` for the protocol."""
+
+from diffexp.samplers.base import Model, NoiseSource, Sampler, StepInfo, karras_sigmas, timesteps
+from diffexp.samplers.ddim import DDIMSampler
+from diffexp.samplers.ddpm import DDPMSampler
+from diffexp.samplers.dpmpp_2m import DPMSolverPP2MSampler
+from diffexp.samplers.heun import HeunSampler
+from diffexp.samplers.langevin import LangevinSampler
+from diffexp.samplers.pc import PCSampler
+
+SAMPLERS = {
+    "ddpm": DDPMSampler,
+    "ddim": DDIMSampler,
+    "langevin": LangevinSampler,
+    "pc": PCSampler,
+    "heun": HeunSampler,
+    "dpmpp_2m": DPMSolverPP2MSampler,
+}
+
+__all__ = [
+    "Sampler",
+    "StepInfo",
+    "NoiseSource",
+    "Model",
+    "timesteps",
+    "karras_sigmas",
+    "SAMPLERS",
+    "DDPMSampler",
+    "DDIMSampler",
+    "LangevinSampler",
+    "PCSampler",
+    "HeunSampler",
+    "DPMSolverPP2MSampler",
+]

@@ -1,0 +1,271 @@
+"""Reject nonsense configs before any work starts, naming the keys and what would be valid.
+
+:func:`validate_config` runs on the composed config (and the data module, for its labels) before the
+network is built; it collects every problem and raises one :class:`ConfigError` listing them all.
+Problems that only the model itself can detect (an image size a UNet cannot halve often enough, a DiT
+patch size that does not divide it) surface while the module is built, still before training, as a
+:class:`ConfigError` naming the model option and the data shape (see :func:`diffexp.build.build_net`).
+
+Min-SNR (and P2) weighting versus the target, decided here: both are defined on the ε-loss and carried to
+the other targets exactly (:mod:`diffexp.objectives.weighting`), w_x0 = w_ε·SNR and w_v = w_ε·SNR/(1+SNR).
+These vanish at SNR = 0. Under a zero-terminal-SNR schedule, x0 and v are the only targets a sampler can
+start from at t = T (ε and score leave x̂_0 undefined there, a_T = 0), and exactly there their weight is
+0, with weights ~SNR ≈ 0 at the neighbouring steps: the prediction the first sampling step relies on gets
+no training signal. So ``weighting: min_snr|p2`` with ``prediction: x0|v`` and ``zero_terminal_snr: true``
+is rejected (use ``weighting: uniform``, or a schedule without zero terminal SNR, where Hang et al. 2023
+use min-SNR with every target). ``weighting`` on an objective that has no such option (elbo, score) is
+rejected as well. Every other combination is well defined (weights finite, see weighting.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from hydra.utils import get_class, get_method, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+PRECISIONS = {"32": "32", "32-true": "32", "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed",
+              "16-mixed": "16-mixed", "16": "16-mixed"}
+
+
+class ConfigError(ValueError):
+    """A config that cannot train; the message names the offending keys."""
+
+
+def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    return OmegaConf.select(cfg, key, default=default)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _accepts(target: str, name: str) -> bool:
+    try:
+        obj = get_class(target)
+        params = inspect.signature(obj.__init__).parameters
+    except (ImportError, ValueError, AttributeError):
+        try:
+            params = inspect.signature(get_method(target)).parameters
+        except Exception:  # noqa: BLE001
+            return True
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def runs_on_cpu(cfg: DictConfig) -> bool:
+    accelerator = str(_get(cfg, "trainer.accelerator", "auto"))
+    if accelerator == "cpu":
+        return True
+    if accelerator == "auto":
+        mps = getattr(torch.backends, "mps", None)
+        return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+    return False
+
+
+def resolved_num_classes(cfg: DictConfig, datamodule=None) -> int | None:
+    explicit = _get(cfg, "model.num_classes")
+    if explicit is not None:
+        return int(explicit)
+    if not cfg.get("conditional", False):
+        return None
+    return getattr(datamodule, "num_classes", None) if datamodule is not None else None
+
+
+def _check_steps(cfg: DictConfig, errors: list[str]) -> None:
+    max_steps, max_epochs = _get(cfg, "trainer.max_steps", -1), _get(cfg, "trainer.max_epochs", -1)
+    if max_steps is not None and (not _is_int(max_steps) or (max_steps != -1 and max_steps <= 0)):
+        errors.append(f"trainer.max_steps={max_steps}: must be a positive number of optimizer steps (or -1 to train by epochs)")
+    if max_epochs is not None and (not _is_int(max_epochs) or (max_epochs != -1 and max_epochs <= 0)):
+        errors.append(f"trainer.max_epochs={max_epochs}: must be a positive number of epochs (or -1)")
+    if max_steps in (None, -1) and max_epochs in (None, -1):
+        errors.append("trainer.max_steps=-1 and trainer.max_epochs=-1: training would never stop; set one of them")
+    acc = _get(cfg, "trainer.accumulate_grad_batches", 1)
+    if not _is_int(acc) or acc < 1:
+        errors.append(f"trainer.accumulate_grad_batches={acc}: must be an integer >= 1")
+    vci = _get(cfg, "trainer.val_check_interval")
+    if vci is not None and ((_is_int(vci) and vci <= 0) or (isinstance(vci, float) and not 0 < vci <= 1)):
+        errors.append(f"trainer.val_check_interval={vci}: must be a positive number of steps or a fraction in (0, 1]")
+    for key in ("trainer.log_every_n_steps", "data.batch_size", "schedule.num_timesteps"):
+        v = _get(cfg, key)
+        if v is not None and (not _is_int(v) or v < 1):
+            errors.append(f"{key}={v}: must be a positive integer")
+    clip = _get(cfg, "trainer.gradient_clip_val")
+    if clip is not None and clip < 0:
+        errors.append(f"trainer.gradient_clip_val={clip}: must be >= 0 (or null for no clipping)")
+    warmup, total = _get(cfg, "lr_scheduler.warmup_steps"), _get(cfg, "lr_scheduler.total_steps")
+    if warmup is not None and (not _is_int(warmup) or warmup < 0):
+        errors.append(f"lr_scheduler.warmup_steps={warmup}: must be an integer >= 0")
+    if _get(cfg, "lr_scheduler.decay") == "cosine" and (total is None or not _is_int(total) or total <= 0):
+        errors.append(f"lr_scheduler.total_steps={total}: cosine decay needs a positive number of steps "
+                      "(it defaults to trainer.max_steps, which must then be set)")
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if not isinstance(node, DictConfig):
+            continue
+        for key in ("every_n_steps", "every_n_train_steps"):
+            v = node.get(key)
+            if v is not None and (not _is_int(v) or v < 0):
+                errors.append(f"callbacks.{name}.{key}={v}: must be a positive integer (0 or null: never)")
+        v = node.get("num_samples")
+        if v is not None and (not _is_int(v) or v < 1):
+            errors.append(f"callbacks.{name}.num_samples={v}: must be a positive integer")
+
+
+def _sampler_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    nodes = []
+    if isinstance(cfg.get("sampler"), DictConfig):
+        nodes.append(("sampler", cfg.sampler))
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if isinstance(node, DictConfig) and isinstance(node.get("sampler"), DictConfig):
+            nodes.append((f"callbacks.{name}.sampler", node.sampler))
+    return nodes
+
+
+def _check_discrete_grid(sampler, T: int) -> None:
+    """Samplers that step along the schedule's own timesteps (DDIM, DDPM, PC) need steps <= T; the grid
+    function raises a ValueError saying so (continuous-σ samplers such as Heun/DPM-Solver++ are not bound)."""
+    from diffexp.samplers import DDIMSampler, DDPMSampler, PCSampler
+    from diffexp.samplers.base import timesteps
+
+    steps = getattr(sampler, "steps", None)
+    if isinstance(sampler, (DDIMSampler, DDPMSampler, PCSampler)) and steps is not None:
+        spacing = getattr(sampler, "spacing", "uniform")
+        timesteps(T, int(steps), spacing if spacing in ("uniform", "quadratic", "trailing") else "uniform")
+
+
+def _check_samplers(cfg: DictConfig, T: int | None, errors: list[str]) -> None:
+    seen = set()
+    for key, node in _sampler_nodes(cfg):
+        ident = OmegaConf.to_yaml(node)
+        if ident in seen:  # callbacks.sample.sampler is usually ${sampler}
+            continue
+        seen.add(ident)
+        steps = node.get("steps")
+        if steps is not None and (not _is_int(steps) or steps < 1):
+            errors.append(f"{key}.steps={steps}: must be a positive integer")
+            continue
+        try:
+            sampler = instantiate(node)
+            if T is not None:
+                sampler.nfe(T)
+                _check_discrete_grid(sampler, T)
+        except (ValueError, TypeError) as e:
+            where = f"{key}.steps={steps}" if steps is not None else f"{key} ({node.get('_target_', '?')})"
+            detail = f" with schedule.num_timesteps={T}" if T is not None else ""
+            errors.append(f"{where}{detail}: {e}")
+
+
+def _check_objective(cfg: DictConfig, schedule, errors: list[str]) -> None:
+    obj = cfg.get("objective")
+    if not isinstance(obj, DictConfig):
+        return
+    target = str(obj.get("_target_", ""))
+    weighting = obj.get("weighting")
+    if weighting is not None and target and not _accepts(target, "weighting"):
+        errors.append(f"objective.weighting={weighting}: {target.rsplit('.', 1)[-1]} has no loss weighting "
+                      "(weightings apply to objective=simple and hybrid)")
+        return
+    prediction = cfg.get("prediction")
+    if weighting in ("min_snr", "p2") and prediction in ("x0", "v") and schedule is not None \
+            and getattr(schedule, "has_zero_terminal_snr", False):
+        errors.append(
+            f"objective.weighting={weighting} with prediction={prediction} and schedule.zero_terminal_snr=true: "
+            f"the {weighting} weight of the {prediction}-loss is w_eps*SNR{'/(1+SNR)' if prediction == 'v' else ''} = 0 "
+            "at t=T, the step every sampler starts from, so that prediction is never trained; use "
+            "objective.weighting=uniform, or a schedule without zero terminal SNR"
+        )
+
+
+def _check_conditioning(cfg: DictConfig, datamodule, errors: list[str]) -> None:
+    if cfg.get("conditional", False) and _get(cfg, "model.num_classes") is None and datamodule is not None \
+            and getattr(datamodule, "num_classes", None) is None:
+        name = getattr(datamodule, "name", type(datamodule).__name__)
+        errors.append(f"conditional=true needs labelled data, but data ({name}) has no class labels; "
+                      "set conditional=false or use a labelled dataset (e.g. toy2d gaussian_mixture or moons)")
+        return
+    num_classes = resolved_num_classes(cfg, datamodule)
+    dropout = _get(cfg, "module.label_dropout", 0.1)
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if not isinstance(node, DictConfig):
+            continue
+        scale = node.get("guidance_scale", 1.0)
+        if scale in (None, 1.0, 1):
+            continue
+        if num_classes is None:
+            errors.append(f"callbacks.{name}.guidance_scale={scale} needs a class-conditional model; "
+                          "set conditional=true (on labelled data) or guidance_scale=1.0")
+        elif not dropout:
+            errors.append(f"callbacks.{name}.guidance_scale={scale} needs the unconditional model, but "
+                          "module.label_dropout=0 never trains it (null label); set module.label_dropout > 0 (e.g. 0.1)")
+
+
+def _check_precision(cfg: DictConfig, errors: list[str]) -> None:
+    raw = _get(cfg, "trainer.precision", "32")
+    precision = PRECISIONS.get(str(raw))
+    if precision is None:
+        errors.append(f"trainer.precision={raw}: diffexp trains with float32 weights and EMA; use 32, bf16-mixed, "
+                      "or 16-mixed (GPU only)")
+    elif precision == "16-mixed" and runs_on_cpu(cfg):
+        errors.append(f"trainer.precision={raw} needs a GPU (fp16 autocast with loss scaling); on CPU use "
+                      "trainer.precision=bf16-mixed or 32 (Lightning would silently switch to bf16-mixed)")
+
+
+def validate_config(cfg: DictConfig, datamodule=None) -> None:
+    """Raise :class:`ConfigError` listing every problem of ``cfg`` (see the module docstring)."""
+    from diffexp.process import PREDICTION_TARGETS
+
+    errors: list[str] = []
+    prediction = cfg.get("prediction")
+    if prediction not in PREDICTION_TARGETS:
+        errors.append(f"prediction={prediction}: unknown prediction target; valid: {list(PREDICTION_TARGETS)}")
+    _check_steps(cfg, errors)
+    schedule, T = None, None
+    if isinstance(cfg.get("schedule"), DictConfig) and not any(e.startswith("schedule.") for e in errors):
+        try:
+            schedule = instantiate(cfg.schedule)
+            T = int(schedule.num_timesteps)
+        except (ValueError, TypeError) as e:
+            errors.append(f"schedule ({cfg.schedule.get('_target_', '?')}): {e}")
+    _check_samplers(cfg, T, errors)
+    _check_objective(cfg, schedule, errors)
+    _check_conditioning(cfg, datamodule, errors)
+    _check_precision(cfg, errors)
+    for key, lo, hi in (("module.ema_decay", 0.0, 1.0), ("module.label_dropout", 0.0, 1.0)):
+        v = _get(cfg, key)
+        if v is not None and not lo <= float(v) < hi:
+            errors.append(f"{key}={v}: must lie in [{lo}, {hi})")
+    if _get(cfg, "module.nonfinite", "raise") not in ("raise", "skip"):
+        errors.append(f"module.nonfinite={_get(cfg, 'module.nonfinite')}: must be 'raise' or 'skip'")
+    gbs = cfg.get("global_batch_size")
+    if gbs is not None and (not _is_int(gbs) or gbs < 1):
+        errors.append(f"global_batch_size={gbs}: must be a positive integer (or null)")
+    if errors:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+
+
+# ---- the global batch ---------------------------------------------------------------------------------
+def apply_global_batch(cfg: DictConfig, trainer) -> str:
+    """Return the line stating the global batch, after deriving gradient accumulation from
+    ``global_batch_size`` when that (optional, top-level) key is set.
+
+    global batch = data.batch_size × trainer.accumulate_grad_batches × devices × nodes: each process
+    loads ``data.batch_size`` examples per micro-batch, and one optimizer step averages the gradients of
+    ``accumulate_grad_batches`` micro-batches on every process."""
+    batch = int(_get(cfg, "data.batch_size", 0) or 0)
+    devices, nodes = int(getattr(trainer, "num_devices", 1)), int(getattr(trainer, "num_nodes", 1))
+    per_step = batch * devices * nodes
+    wanted = cfg.get("global_batch_size")
+    if wanted is not None and per_step > 0:
+        configured = int(_get(cfg, "trainer.accumulate_grad_batches", 1))
+        if wanted % per_step:
+            raise ConfigError(f"global_batch_size={wanted} is not a multiple of data.batch_size × devices × nodes "
+                              f"= {batch} × {devices} × {nodes} = {per_step}")
+        accumulate = wanted // per_step
+        if configured != 1 and configured != accumulate:
+            raise ConfigError(f"global_batch_size={wanted} needs trainer.accumulate_grad_batches={accumulate} with "
+                              f"data.batch_size={batch} on {devices}×{nodes} devices, but it is set to {configured}")
+        trainer.accumulate_grad_batches = accumulate
+    accumulate = int(trainer.accumulate_grad_batches)
+    return (f"global batch = {batch * accumulate * devices * nodes} = data.batch_size {batch} × "
+            f"trainer.accumulate_grad_batches {accumulate} × devices {devices} × nodes {nodes}")
