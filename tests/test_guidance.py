@@ -78,7 +78,7 @@ def test_guided_prediction_is_the_cfg_combination():
     for w in (0.0, 2.5):
         guided = den(x_t, t, y=y, guidance_scale=w)
         torch.testing.assert_close(guided.eps.double(), eps_u + w * (eps_c - eps_u), rtol=1e-5, atol=1e-5)
-        a, s = PROC.alpha_sigma(t, x_t)
+        a, s = PROC.scales(t, x_t)
         torch.testing.assert_close(guided.x0, (x_t - s * guided.eps) / a)
 
 

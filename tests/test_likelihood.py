@@ -78,10 +78,10 @@ def oracle_net(process, prediction):
     Sig, mu = torch.tensor(SIGMA), torch.tensor(MU)
 
     def net(x_t, t, y=None):
-        a, s = process.alpha_sigma(t, x_t.double())
+        a, s = process.scales(t, x_t.double())
         St = a[..., None] ** 2 * Sig + s[..., None] ** 2 * torch.eye(2, dtype=torch.float64)
         sol = solve2x2(St, x_t.double() - a * mu)
-        p = Prediction(x0=mu + a * sol @ Sig, eps=s * sol, x_t=x_t.double(), alpha=a, sigma=s)
+        p = Prediction(x0=mu + a * sol @ Sig, eps=s * sol, x_t=x_t.double(), signal_scale=a, noise_scale=s)
         return p.target(prediction).to(x_t.dtype)
 
     return torch.nn.Module(), net

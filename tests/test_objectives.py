@@ -44,11 +44,11 @@ def oracle(process, prediction):
     E[x_0|x_t] = μ + aΣ Σ_t⁻¹(x_t - aμ), returned as the output for ``prediction``."""
 
     def net(x_t, t, y=None):
-        a, s = process.alpha_sigma(t, x_t.double())
+        a, s = process.scales(t, x_t.double())
         St = a[..., None] ** 2 * SIGMA + s[..., None] ** 2 * torch.eye(2, dtype=torch.float64)
         sol = solve2x2(St, x_t.double() - a * MU)
         x0, eps = MU + a * sol @ SIGMA, s * sol
-        return Prediction(x0=x0, eps=eps, x_t=x_t.double(), alpha=a, sigma=s).target(prediction).to(x_t.dtype)
+        return Prediction(x0=x0, eps=eps, x_t=x_t.double(), signal_scale=a, noise_scale=s).target(prediction).to(x_t.dtype)
 
     return net
 
@@ -246,7 +246,7 @@ def test_score_matching_sign():
 
     def true_score(x_t, t_, y=None):
         x = x_t.detach().requires_grad_(True)
-        a, s = process.alpha_sigma(t_, x)
+        a, s = process.scales(t_, x)
         logq = (-((x - a * x0) ** 2) / (2 * s**2)).sum()
         return torch.autograd.grad(logq, x)[0]
 

@@ -29,7 +29,7 @@ def reference_eps(weights, means, covs, x, a, s):
     return -s * g, p.log_prob(x).detach()
 
 
-def interp_alpha_sigma(schedule, t: float):
+def interp_scales(schedule, t: float):
     """a, s at fractional t by interpolating log σ by hand (independent of process.py's code)."""
     lo = math.floor(t)
     ls = torch.log(schedule.sigmas)
@@ -51,7 +51,7 @@ def test_mixture_eps_matches_autograd_score(sched, covs):
             a, s = float(sched.alphas_cumprod[t].sqrt()), float((1 - sched.alphas_cumprod[t]).sqrt())
             tt = torch.full((64,), t)
         else:
-            a, s = interp_alpha_sigma(sched, t)
+            a, s = interp_scales(sched, t)
             tt = torch.full((64,), t, dtype=F64)
         ref, ref_logp = reference_eps(W, MEANS, full, x, a, s)
         eps, x0 = oracle.eps_and_x0(x, tt)

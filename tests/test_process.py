@@ -79,7 +79,7 @@ def test_target_definitions():
         torch.tensor([0, 5, 50, 99]),
     )
     xt = p.q_sample(x0, t, eps).requires_grad_(True)
-    a, s = p.alpha_sigma(t, xt)
+    a, s = p.scales(t, xt)
     logq = (-((xt - a * x0) ** 2) / (2 * s**2)).sum()
     (grad,) = torch.autograd.grad(logq, xt)
     truth = p.targets(x0, eps, xt.detach(), t)
@@ -91,7 +91,7 @@ def test_clip_keeps_x0_and_eps_consistent():
     p = DiffusionProcess(S.linear(100))
     xt, t = torch.randn(8, 2) * 3, torch.full((8,), 60)
     pred = p.predict(torch.randn(8, 2) * 5, xt, t, "x0", clip=(-1.0, 1.0))
-    a, s = p.alpha_sigma(t, xt)
+    a, s = p.scales(t, xt)
     assert float(pred.x0.abs().max()) <= 1.0
     torch.testing.assert_close(a * pred.x0 + s * pred.eps, xt)
     with pytest.raises(ValueError, match="prediction target"):

@@ -71,21 +71,21 @@ def test_fractional_timesteps_in_the_process():
     for sched in [schedules.linear(100), schedules.cosine(50, zero_terminal_snr=True)]:
         proc, T = DiffusionProcess(sched), sched.num_timesteps
         ti = torch.arange(T)
-        torch.testing.assert_close(proc.t_to_sigma(ti.double()), sched.sigmas, rtol=1e-12, atol=0)
+        torch.testing.assert_close(proc.sigma(ti.double()), sched.sigmas, rtol=1e-12, atol=0)
         like = torch.zeros(T, 3)
-        a_long, s_long = proc.alpha_sigma(ti, like)
-        a_f, s_f = proc.alpha_sigma(ti.float(), like)  # integer-valued float t: exactly the table
+        a_long, s_long = proc.scales(ti, like)
+        a_f, s_f = proc.scales(ti.float(), like)  # integer-valued float t: exactly the table
         assert torch.equal(a_long, a_f) and torch.equal(s_long, s_f)
         tf = torch.linspace(0, T - 3, 37, dtype=torch.float64) + 0.37  # (T-2, T-1) has σ = ∞ with zero terminal SNR
-        sig = proc.t_to_sigma(tf)
+        sig = proc.sigma(tf)
         assert (sig.diff() > 0).all()
-        torch.testing.assert_close(proc.sigma_to_t(sig), tf, rtol=0, atol=1e-9)
-        a, s = proc.alpha_sigma(tf, torch.zeros(37, 2, dtype=torch.float64))
+        torch.testing.assert_close(proc.t_of_sigma(sig), tf, rtol=0, atol=1e-9)
+        a, s = proc.scales(tf, torch.zeros(37, 2, dtype=torch.float64))
         torch.testing.assert_close(a**2 + s**2, torch.ones_like(a))
         torch.testing.assert_close(s / a, sig[:, None])
         with pytest.raises(ValueError, match="integer timesteps"):
             proc.q_posterior(torch.zeros(37, 2), torch.zeros(37, 2), tf)
-    assert float(PROC.sigma_to_t(1e-9)) == 0 and float(PROC.sigma_to_t(1e9)) == SCHED.num_timesteps - 1
+    assert float(PROC.t_of_sigma(1e-9)) == 0 and float(PROC.t_of_sigma(1e9)) == SCHED.num_timesteps - 1
 
 
 def test_timestep_spacings():
@@ -333,7 +333,7 @@ def test_callback_fields_and_nfe(sampler):
     for i in infos:
         assert isinstance(i.t, float) and isinstance(i.sigma, float) and 0 <= i.t <= SCHED.num_timesteps - 1
         assert i.x_t.shape == x.shape and i.x0_hat.shape == x.shape
-        assert math.isclose(i.sigma, float(PROC.t_to_sigma(torch.tensor(i.t))), rel_tol=1e-4)
+        assert math.isclose(i.sigma, float(PROC.sigma(torch.tensor(i.t))), rel_tol=1e-4)
     sig = [i.sigma for i in infos]
     assert all(a >= b for a, b in zip(sig, sig[1:]))
     if not isinstance(sampler, LangevinSampler):

@@ -64,9 +64,9 @@ class Denoiser:
         p_c = self.process.predict(cond, x_t, t, self.prediction)
         p_u = self.process.predict(uncond, x_t, t, self.prediction)
         eps = p_u.eps + guidance_scale * (p_c.eps - p_u.eps)
-        a, s = p_c.alpha, p_c.sigma
-        guided = Prediction(x0=(x_t - s * eps) / a, eps=eps, x_t=x_t, alpha=a, sigma=s)
+        a, s = p_c.signal_scale, p_c.noise_scale
+        guided = Prediction(x0=(x_t - s * eps) / a, eps=eps, x_t=x_t, signal_scale=a, noise_scale=s)
         if clip is not None:
             x0 = guided.x0.clamp(*clip)
-            guided = Prediction(x0=x0, eps=(x_t - a * x0) / s, x_t=x_t, alpha=a, sigma=s)
+            guided = Prediction(x0=x0, eps=(x_t - a * x0) / s, x_t=x_t, signal_scale=a, noise_scale=s)
         return guided

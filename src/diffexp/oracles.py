@@ -11,7 +11,7 @@ so with responsibilities r_k(x_t) ∝ w_k N(x_t; a μ_k, C_k) (computed by logsu
 
 (Tweedie's formula; both computed directly, so neither divides by a or s). The oracles are ``nn.Module``s
 obeying the network contract — ``forward(x, t)`` or ``forward(x, t, y=labels)``, float t interpolated as in
-:meth:`DiffusionProcess.alpha_sigma` — and return the output for the chosen ``prediction`` target through
+:meth:`DiffusionProcess.scales` — and return the output for the chosen ``prediction`` target through
 :meth:`DiffusionProcess.eps_to_output`, so ``Denoiser(oracle, process, prediction=...)`` is a perfect model.
 Labels: component k conditions on that component, label K (the null label) is unconditional.
 
@@ -74,7 +74,7 @@ class GaussianMixtureOracle(nn.Module):
     def _terms(self, x: Tensor, t: Tensor, y: Tensor | None):
         """float64 (B,D) x → a, s (B,1,1), rotated residual z = Uᵀ(x - aμ_k), C's eigenvalues c, and
         log r_k (log responsibilities, (B, K))."""
-        a, s = self.process.alpha_sigma(t, torch.empty(x.shape[0], 1, 1, dtype=torch.float64, device=x.device))
+        a, s = self.process.scales(t, torch.empty(x.shape[0], 1, 1, dtype=torch.float64, device=x.device))
         z = self._rotate(x[:, None, :] - a * self.means[None])
         c = a**2 * self.eigvals[None] + s**2  # eigenvalues of C_k, (B, K, D)
         log_n = -0.5 * ((z**2 / c).sum(-1) + torch.log(c).sum(-1) + self.dim * math.log(2 * math.pi))

@@ -40,12 +40,12 @@ def gather(coef: Tensor, t: Tensor, like: Tensor) -> Tensor:
     """coef[t] reshaped to broadcast against ``like`` (batch first), in its dtype and device.
 
     ``t`` must be integer-valued (an integer tensor, or a float tensor holding whole numbers). A
-    fractional t raises instead of being truncated: only :meth:`DiffusionProcess.alpha_sigma` (and
+    fractional t raises instead of being truncated: only :meth:`DiffusionProcess.scales` (and
     so ``q_sample``/``predict``/``eps_to_output``) is defined between the schedule's steps."""
     if is_fractional(t):
         raise ValueError(
             "this coefficient is only defined at integer timesteps; fractional t is supported by "
-            "DiffusionProcess.alpha_sigma / predict / q_sample (interpolation in log sigma)"
+            "DiffusionProcess.scales / predict / q_sample (interpolation in log sigma)"
         )
     out = coef.to(like.device)[t.to(like.device).long()]
     return out.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
@@ -58,16 +58,16 @@ class Prediction:
     x0: Tensor
     eps: Tensor
     x_t: Tensor
-    alpha: Tensor  # a_t = √ᾱ_t, broadcastable
-    sigma: Tensor  # s_t = √(1-ᾱ_t), broadcastable
+    signal_scale: Tensor  # α(t) of x_t = α x_0 + σ ε (ddpm: √ᾱ_t), broadcastable
+    noise_scale: Tensor  # σ(t) (ddpm: √(1-ᾱ_t)), broadcastable
 
     @property
     def v(self) -> Tensor:
-        return self.alpha * self.eps - self.sigma * self.x0
+        return self.signal_scale * self.eps - self.noise_scale * self.x0
 
     @property
     def score(self) -> Tensor:
-        return -self.eps / self.sigma
+        return -self.eps / self.noise_scale
 
     def target(self, name: str) -> Tensor:
         return {"eps": self.eps, "x0": self.x0, "v": self.v, "score": self.score}[check_prediction(name)]
@@ -89,20 +89,20 @@ class DiffusionProcess:
         return self.schedule.num_timesteps
 
     # ---- coefficients --------------------------------------------------------------------------
-    def alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    def scales(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         """(√ᾱ_t, √(1-ᾱ_t)) broadcastable against ``like``.
 
         Integer-valued t reads the schedule exactly. Fractional t (continuous-noise-level samplers,
-        e.g. Heun on Karras σ's) uses σ(t) = :meth:`t_to_sigma` and a = 1/√(1+σ²), s = σ/√(1+σ²)."""
+        e.g. Heun on Karras σ's) uses σ(t) = :meth:`sigma` and a = 1/√(1+σ²), s = σ/√(1+σ²)."""
         if not is_fractional(t):
             return gather(self._sqrt_ab, t, like), gather(self._sqrt_1m_ab, t, like)
-        log_sigma = torch.log(self.t_to_sigma(t))
+        log_sigma = torch.log(self.sigma(t))
         a, s = torch.sigmoid(-2 * log_sigma).sqrt(), torch.sigmoid(2 * log_sigma).sqrt()
         shape = (-1, *([1] * (like.ndim - 1)))
         return a.to(like.device, like.dtype).reshape(shape), s.to(like.device, like.dtype).reshape(shape)
 
     # ---- continuous noise levels (k-diffusion's DiscreteSchedule) --------------------------------
-    def t_to_sigma(self, t: Tensor) -> Tensor:
+    def sigma(self, t: Tensor) -> Tensor:
         """VE noise level σ(t) = √((1-ᾱ)/ᾱ) at a possibly fractional index t ∈ [0, T-1], by linear
         interpolation of log σ between neighbouring steps (exact at integer t). Float64, t's device."""
         ls = self._log_sigmas.to(t.device)
@@ -114,8 +114,8 @@ class DiffusionProcess:
         log_sigma = torch.where(w == 0, ls[lo], torch.where(w == 1, ls[hi], ls[lo] + w * (ls[hi] - ls[lo])))
         return log_sigma.exp()
 
-    def sigma_to_t(self, sigma: Tensor | float) -> Tensor:
-        """Inverse of :meth:`t_to_sigma`: the fractional index t whose interpolated log σ equals
+    def t_of_sigma(self, sigma: Tensor | float) -> Tensor:
+        """Inverse of :meth:`sigma`: the fractional index t whose interpolated log σ equals
         log ``sigma`` (clamped to [σ_0, σ_{T-1}]). Float64."""
         ls = self._log_sigmas
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
@@ -131,12 +131,12 @@ class DiffusionProcess:
     # ---- forward process q(x_t | x_0) ----------------------------------------------------------
     def q_mean_var(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean √ᾱ_t x_0 and variance 1-ᾱ_t of q(x_t|x_0) (Ho et al. eq. 4)."""
-        a, _ = self.alpha_sigma(t, x0)
+        a, _ = self.scales(t, x0)
         return a * x0, gather(1.0 - self.schedule.alphas_cumprod, t, x0)
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε."""
-        a, s = self.alpha_sigma(t, x0)
+        a, s = self.scales(t, x0)
         return a * x0 + s * noise
 
     # ---- posterior q(x_{t-1} | x_t, x_0) ---------------------------------------------------------
@@ -164,7 +164,7 @@ class DiffusionProcess:
 
         ``clip``: clamp x̂_0 to the data range and recompute ε̂ from the clamped x̂_0, so the two stay
         consistent (as the DDPM/DDIM reference code does)."""
-        a, s = self.alpha_sigma(t, x_t)
+        a, s = self.scales(t, x_t)
         if prediction == "eps":
             eps = output
             x0 = (x_t - s * eps) / a
@@ -182,18 +182,18 @@ class DiffusionProcess:
         if clip is not None:
             x0 = x0.clamp(*clip)
             eps = (x_t - a * x0) / s
-        return Prediction(x0=x0, eps=eps, x_t=x_t, alpha=a, sigma=s)
+        return Prediction(x0=x0, eps=eps, x_t=x_t, signal_scale=a, noise_scale=s)
 
     def targets(self, x0: Tensor, noise: Tensor, x_t: Tensor, t: Tensor) -> Prediction:
         """The true values of every target for a forward sample x_t = a x_0 + s ε."""
-        a, s = self.alpha_sigma(t, x_t)
-        return Prediction(x0=x0, eps=noise, x_t=x_t, alpha=a, sigma=s)
+        a, s = self.scales(t, x_t)
+        return Prediction(x0=x0, eps=noise, x_t=x_t, signal_scale=a, noise_scale=s)
 
     def eps_to_output(self, eps: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, prediction: str) -> Tensor:
         """Express a (ε, x_0) pair as the network output for ``prediction`` (inverse of :meth:`predict`);
         used by analytic oracles that know ε* and must act as a network of any target."""
-        a, s = self.alpha_sigma(t, x_t)
-        return Prediction(x0=x0, eps=eps, x_t=x_t, alpha=a, sigma=s).target(prediction)
+        a, s = self.scales(t, x_t)
+        return Prediction(x0=x0, eps=eps, x_t=x_t, signal_scale=a, noise_scale=s).target(prediction)
 
     def p_mean(self, pred: Prediction, x_t: Tensor, t: Tensor) -> Tensor:
         """Mean of p_θ(x_{t-1}|x_t) = μ̃_t(x_t, x̂_0) (Ho et al. eq. 11 in x̂_0 form)."""

@@ -24,7 +24,7 @@ class ScoreMatchingObjective(Objective):
     def compute(self, net_fn, x0, process, prediction, t, noise, y=None):
         x_t = process.q_sample(x0, t, noise)
         out = net_fn(x_t, t, y).to(x0.dtype)
-        a, s = process.alpha_sigma(t, x_t)
+        a, s = process.scales(t, x_t)
         score_hat = process.predict(out, x_t, t, prediction).score
         score_true = -(x_t - a * x0) / s**2  # ∇_{x_t} log N(x_t; a x_0, s² I)
         per_sample = mean_flat(s**2 * (score_hat - score_true) ** 2)

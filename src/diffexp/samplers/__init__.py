@@ -1,7 +1,7 @@
 """Samplers (config group ``sampler``). Each is a small class called as
 ``sampler(denoiser, shape=..., seeds=...)``; see :mod:`diffexp.samplers.base` for the protocol."""
 
-from diffexp.samplers.base import Model, NoiseSource, Sampler, StepInfo, karras_sigmas, timesteps
+from diffexp.samplers.base import BoundDenoiser, NoiseSource, Sampler, StepInfo, karras_sigmas, timesteps
 from diffexp.samplers.ddim import DDIMSampler
 from diffexp.samplers.ddpm import DDPMSampler
 from diffexp.samplers.dpmpp_2m import DPMSolverPP2MSampler
@@ -22,7 +22,7 @@ __all__ = [
     "Sampler",
     "StepInfo",
     "NoiseSource",
-    "Model",
+    "BoundDenoiser",
     "timesteps",
     "karras_sigmas",
     "SAMPLERS",

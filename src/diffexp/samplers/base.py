@@ -82,7 +82,7 @@ class NoiseSource:
         return self.randn(x.shape[1:])
 
 
-class Model:
+class BoundDenoiser:
     """The denoiser bound to one batch's labels, guidance scale and clipping: ``model(x_t, t)`` with a
     scalar timestep (int index, or float for fractional t) returns a :class:`Prediction`."""
 
@@ -101,9 +101,9 @@ class Model:
         return self.denoiser(x, tt, y=self.y, guidance_scale=self.guidance_scale, clip=self.clip)
 
     def denoise_ve(self, x_ve: Tensor, sigma: float) -> tuple[Prediction, Tensor, float]:
-        """D(x̃; σ) of Karras et al.: evaluate at t = sigma_to_t(σ) on x_t = x̃/√(1+σ²).
+        """D(x̃; σ) of Karras et al.: evaluate at t = t_of_sigma(σ) on x_t = x̃/√(1+σ²).
         Returns (prediction, x_t, t)."""
-        t = float(self.process.sigma_to_t(sigma))
+        t = float(self.process.t_of_sigma(sigma))
         x_t = x_ve / math.sqrt(1.0 + sigma**2)
         return self(x_t, t), x_t, t
 
@@ -115,7 +115,7 @@ class Sampler:
         self.clip_denoised = clip_denoised
 
     # ---- to implement ----------------------------------------------------------------------------
-    def sample(self, model: Model, x_T: Tensor, noise: NoiseSource, callback: Callback | None) -> Tensor:
+    def sample(self, model: BoundDenoiser, x_T: Tensor, noise: NoiseSource, callback: Callback | None) -> Tensor:
         raise NotImplementedError
 
     def nfe(self, num_timesteps: int) -> int:
@@ -164,7 +164,7 @@ class Sampler:
         noise = NoiseSource(n, device, dtype, seeds=seeds, generator=generator)
         if x_T is None:
             x_T = noise.randn(shape)
-        model = Model(denoiser, y=y, guidance_scale=guidance_scale, clip_denoised=self.clip_denoised)
+        model = BoundDenoiser(denoiser, y=y, guidance_scale=guidance_scale, clip_denoised=self.clip_denoised)
         return self.sample(model, x_T, noise, callback)
 
     def __repr__(self) -> str:

@@ -9,7 +9,7 @@ class HeunSampler(Sampler):
     """EDM Algorithm 1 on the PF-ODE dx̃/dσ = (x̃ - D(x̃; σ))/σ in the VE parameterisation x̃ = x_t/√ᾱ
     (Karras et al. eqs. 1, 3 with s(t) = 1, σ(t) = t), over Karras's σ_0 > … > σ_{N-1}, σ_N = 0 (eq. 5,
     ρ = 7, σ_min/σ_max from the schedule). D(x̃; σ) is x̂_0 of the network at the fractional timestep
-    t = sigma_to_t(σ) on x_t = x̃/√(1+σ²). ``solver``: ``heun`` (2nd order; Euler on the last step to
+    t = t_of_sigma(σ) on x_t = x̃/√(1+σ²). ``solver``: ``heun`` (2nd order; Euler on the last step to
     σ = 0, NFE = 2N-1) or ``euler`` (NFE = N). The last step returns D(x̃; σ_{N-1})."""
 
     def __init__(self, steps: int = 18, solver: str = "heun", rho: float = 7.0, clip_denoised: bool = True):

@@ -17,7 +17,7 @@ class LangevinSampler(Sampler):
 
     It runs in the variance-exploding parameterisation x̃ = x_t/√ᾱ_t = x_0 + σ_t ε, σ_t = √((1-ᾱ_t)/ᾱ_t).
     Since x_t = √ᾱ_t x̃, the VE score is ∇_x̃ log p(x̃) = √ᾱ_t ∇_{x_t} log p_t(x_t) = √ᾱ_t · score = -ε̂/σ_t,
-    with ``score`` from the process algebra; the network is evaluated at t = sigma_to_t(σ_i) on
+    with ``score`` from the process algebra; the network is evaluated at t = t_of_sigma(σ_i) on
     x_t = x̃/√(1+σ_i²). The chain starts from x̃ = x_T √(1+σ_1²) (the prior at the first level), and with
     ``denoise`` ends with Tweedie's x̂_0 = x̃ + σ_L² ∇ log p_{σ_L}(x̃) = E[x_0|x̃] (one more evaluation;
     Song & Ermon 2020 / Jolicoeur-Martineau et al. 2021). ε defaults to NCSN's 2e-5 (σ_L = 0.01)."""
@@ -54,12 +54,12 @@ class LangevinSampler(Sampler):
         total, step = self.num_levels * self.steps_per_level, 0
         x = x_T * math.sqrt(1 + sigmas[0] ** 2)
         for sigma in sigmas:
-            alpha = self.step_size * sigma**2 / sigmas[-1] ** 2
+            step_size = self.step_size * sigma**2 / sigmas[-1] ** 2  # α_i of Algorithm 1
             for _ in range(self.steps_per_level):
                 pred, x_t, t = model.denoise_ve(x, sigma)
                 report(callback, step, t, sigma, x_t, pred.x0, total)
-                score = pred.alpha * pred.score  # VE score, see the docstring
-                x = x + 0.5 * alpha * score + math.sqrt(alpha) * noise.randn_like(x)
+                score = pred.signal_scale * pred.score  # VE score, see the docstring
+                x = x + 0.5 * step_size * score + math.sqrt(step_size) * noise.randn_like(x)
                 step += 1
         if self.denoise:
             return model.denoise_ve(x, sigmas[-1])[0].x0

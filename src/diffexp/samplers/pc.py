@@ -84,10 +84,10 @@ class PCSampler(Sampler):
                 z, g = noise.randn_like(x), pred.score
                 if self.norms == "sample":
                     ratio = _norm(z) / _norm(g).clamp_min(torch.finfo(g.dtype).tiny)
-                    eps = 2 * alpha * (self.snr * ratio) ** 2
+                    step_size = 2 * alpha * (self.snr * ratio) ** 2
                 else:
-                    eps = 2 * alpha * (self.snr * pred.sigma) ** 2
-                x = x + eps * g + torch.sqrt(2 * eps) * z
+                    step_size = 2 * alpha * (self.snr * pred.noise_scale) ** 2
+                x = x + step_size * g + torch.sqrt(2 * step_size) * z
         return x
 
 
