@@ -19,8 +19,7 @@ first batch: discretized iff it lies on the 8-bit grid of [-1, 1]).
 from __future__ import annotations
 
 from diffexp.likelihood import bits_per_dim_scale, check_bound_defined, prior_kl, vb_terms
-from diffexp.objectives.base import Objective
-from diffexp.process import DiffusionProcess
+from diffexp.objectives.base import Objective, as_process, require_discrete
 
 DECODERS = ("auto", "discretized", "gaussian")
 REVERSE_VARIANCES = ("beta", "beta_tilde")
@@ -32,6 +31,8 @@ def on_8bit_grid(x0) -> bool:
 
 
 class ELBOObjective(Objective):
+    objective_name = "elbo"
+
     def __init__(
         self,
         reverse_variance: str = "beta_tilde",
@@ -51,9 +52,13 @@ class ELBOObjective(Objective):
         self.reverse_variance, self.decoder, self.cdf = reverse_variance, decoder, cdf
         self._range_checked = False
 
-    def validate(self, prediction, schedule, data_range=None) -> None:
-        super().validate(prediction, schedule, data_range)
-        check_bound_defined(DiffusionProcess(schedule), prediction)
+    def check(self, process) -> None:
+        require_discrete(type(self).objective_name, process)
+        super().check(process)
+
+    def validate(self, prediction, process, data_range=None) -> None:
+        super().validate(prediction, process, data_range)
+        check_bound_defined(as_process(process), prediction)
         if self.decoder == "auto" and data_range is not None:
             self.decoder = "discretized" if tuple(data_range) == (-1.0, 1.0) else "gaussian"
 

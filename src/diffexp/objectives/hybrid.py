@@ -14,6 +14,8 @@ from diffexp.objectives.simple import SimpleObjective
 
 
 class HybridObjective(ELBOObjective):
+    objective_name = "hybrid"
+
     def __init__(
         self,
         vlb_weight: float = 0.001,

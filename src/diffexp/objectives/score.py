@@ -17,9 +17,9 @@ class ScoreMatchingObjective(Objective):
     def __init__(self, timestep_sampler: str = "uniform", history_per_term: int = 10, uniform_prob: float = 0.001):
         super().__init__(timestep_sampler, history_per_term, uniform_prob)
 
-    def validate(self, prediction, schedule, data_range=None) -> None:
-        super().validate(prediction, schedule, data_range)
-        warn_eps_under_ztsnr(prediction, schedule)
+    def validate(self, prediction, process, data_range=None) -> None:
+        super().validate(prediction, process, data_range)
+        warn_eps_under_ztsnr(prediction, process)
 
     def compute(self, net_fn, x0, process, prediction, t, noise, y=None):
         x_t = process.q_sample(x0, t, noise)

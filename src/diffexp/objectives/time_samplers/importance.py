@@ -1,35 +1,20 @@
-"""Timestep samplers for Monte-Carlo estimates over t: uniform, or importance sampling by the loss'
-second moment (Nichol & Dhariwal 2021, Sec. 3.3, eq. 18 and improved-diffusion's
-``LossSecondMomentResampler``).
+"""Importance sampling of the discrete timestep by the loss' second moment (Nichol & Dhariwal 2021,
+Sec. 3.3, eq. 18 and improved-diffusion's ``LossSecondMomentResampler``).
 
 ``sample`` returns timestep indices and importance weights w_t = 1 / (T p_t), so that
-E_{t~p}[w_t f(t)] = (1/T) Σ_t f(t): every estimate stays unbiased for the uniform average.
+E_{t~p}[w_t f(t)] = (1/T) Σ_t f(t): every estimate stays unbiased for the uniform average. Discrete
+processes only (``ddpm``): the history is kept per timestep index.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from diffexp.objectives.time_samplers.base import TimeSampler, num_timesteps_of
 
 
-class UniformTimesteps(nn.Module):
-    """t ~ U{0, ..., T-1}, weights 1."""
-
-    def setup(self, num_timesteps: int) -> None:
-        pass
-
-    def probs(self, num_timesteps: int) -> Tensor:
-        return torch.full((num_timesteps,), 1.0 / num_timesteps, dtype=torch.float64)
-
-    def sample(self, batch_size: int, num_timesteps: int, device, generator=None) -> tuple[Tensor, Tensor]:
-        t = torch.randint(0, num_timesteps, (batch_size,), generator=generator, device=device)
-        return t, torch.ones(batch_size, device=device)
-
-    def update(self, t: Tensor, values: Tensor) -> None:
-        pass
-
-
-class LossSecondMomentTimesteps(nn.Module):
+class LossSecondMomentTimesteps(TimeSampler):
     """p_t ∝ √E[L_t²] over the last ``history_per_term`` losses seen at each t, mixed with
     ``uniform_prob`` of the uniform distribution; uniform until every t has a full history.
 
@@ -49,7 +34,16 @@ class LossSecondMomentTimesteps(nn.Module):
         self.register_buffer("loss_history", torch.zeros(0, self.history_per_term))
         self.register_buffer("loss_counts", torch.zeros(0, dtype=torch.long))  # values ever seen per t
 
-    def setup(self, num_timesteps: int) -> None:
+    def check(self, process) -> None:
+        if num_timesteps_of(process) is None:
+            raise ValueError(
+                "timestep_sampler=importance keeps a loss history per discrete timestep and needs process=ddpm; "
+                "on continuous families use uniform, lognormal, logit_normal or ladder"
+            )
+
+    def setup(self, process) -> None:
+        self.check(process)
+        num_timesteps = num_timesteps_of(process)
         n = self.loss_counts.numel()
         if n == 0:
             dev = self.loss_counts.device
@@ -80,8 +74,9 @@ class LossSecondMomentTimesteps(nn.Module):
             return torch.full_like(rms, 1.0 / num_timesteps)
         return (1.0 - self.uniform_prob) * rms / rms.sum() + self.uniform_prob / num_timesteps
 
-    def sample(self, batch_size: int, num_timesteps: int, device, generator=None) -> tuple[Tensor, Tensor]:
-        self.setup(num_timesteps)
+    def sample(self, batch_size: int, process, device, generator=None) -> tuple[Tensor, Tensor]:
+        self.setup(process)
+        num_timesteps = num_timesteps_of(process)
         if not self.warmed_up:
             t = torch.randint(0, num_timesteps, (batch_size,), generator=generator, device=device)
             return t, torch.ones(batch_size, device=device)
@@ -106,11 +101,3 @@ class LossSecondMomentTimesteps(nn.Module):
         slot = (self.loss_counts[ts] + rank) % K
         self.loss_history[ts[keep], slot[keep]] = vs[keep]
         self.loss_counts += n_per_t
-
-
-def make_timestep_sampler(kind: str = "uniform", history_per_term: int = 10, uniform_prob: float = 0.001) -> nn.Module:
-    if kind == "uniform":
-        return UniformTimesteps()
-    if kind == "importance":
-        return LossSecondMomentTimesteps(history_per_term, uniform_prob)
-    raise ValueError(f"unknown timestep_sampler {kind!r}; valid: ['uniform', 'importance']")
