@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from diffexp.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEY, CheckpointError, config_mismatches
 from diffexp.denoiser import Denoiser
-from diffexp.ema import EMA
+from diffexp.ema import EMA, PowerEMA
 from diffexp.process import DiffusionProcess, check_prediction
 from diffexp.rng import derive_seed, make_generator
 from diffexp.schedules import NoiseSchedule
@@ -53,6 +53,7 @@ class DiffusionModule(L.LightningModule):
         config: dict | None = None,
         nonfinite: str = "raise",
         compile: bool | dict = False,
+        posthoc_ema: dict | None = None,
     ):
         super().__init__()
         self.net = net
@@ -63,6 +64,8 @@ class DiffusionModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup) if ema_decay > 0 else None
+        # Power-function EMA profiles for post-hoc EMA (EDM2): {sigma_rel: [0.05, 0.10]}; off when sigma_rel is null.
+        self.phema = PowerEMA(net, **posthoc_ema) if posthoc_ema and posthoc_ema.get("sigma_rel") else None
         # torch.compile of the training network, in place (nn.Module.compile): parameter names, state_dict
         # and checkpoint keys stay those of the eager network (no `_orig_mod.` prefix); the EMA copy stays
         # eager. ``compile``: False, True, or a dict of torch.compile kwargs (e.g. {backend: eager}).
@@ -226,6 +229,8 @@ class DiffusionModule(L.LightningModule):
         # Exactly once per optimizer step, whatever the gradient accumulation; not on skipped steps.
         if self.ema is not None and not self._skip_ema:
             self.ema.update(self.net)
+        if self.phema is not None and not self._skip_ema:
+            self.phema.update(self.net)
         self._skip_ema = False
 
     def _eval_step(self, batch, batch_idx, prefix: str):
@@ -264,6 +269,7 @@ class DiffusionModule(L.LightningModule):
             "prediction": self.prediction,
             "num_timesteps": self.schedule.num_timesteps,
             "ema_updates": int(self.ema.num_updates) if self.ema is not None else 0,
+            "posthoc_ema_sigma_rel": list(self.phema.sigma_rels) if self.phema is not None else None,
             "skipped_steps": int(self.skipped_steps),
         }
 
@@ -274,7 +280,8 @@ class DiffusionModule(L.LightningModule):
             raise CheckpointError("not a diffexp checkpoint (no 'diffexp' entry): cannot resume from it")
         diffs = config_mismatches(meta.get("config") or {}, self.config)
         ours = {"data_shape": list(self.data_shape), "num_classes": self.num_classes, "prediction": self.prediction,
-                "num_timesteps": self.schedule.num_timesteps}
+                "num_timesteps": self.schedule.num_timesteps,
+                "posthoc_ema_sigma_rel": list(self.phema.sigma_rels) if self.phema is not None else None}
         for key, value in ours.items():
             if key in meta and meta[key] != value and not any(key in d.split(":")[0] for d in diffs):
                 diffs.append(f"{key}: checkpoint {meta[key]!r}, config {value!r}")
@@ -284,7 +291,8 @@ class DiffusionModule(L.LightningModule):
             missing = sorted({k.split(".")[0] for k in mine - theirs})
             extra = sorted({k.split(".")[0] for k in theirs - mine})
             diffs.append(f"state_dict: parts missing from the checkpoint {missing}, parts not in this model {extra} "
-                         "(module.ema_decay=0 vs >0, or another objective.timestep_sampler?)")
+                         "(module.ema_decay=0 vs >0, module.posthoc_ema on vs off or with another number of sigma_rel, "
+                         "or another objective.timestep_sampler?)")
         if diffs:
             raise CheckpointError(
                 "cannot resume: the checkpoint was trained with another config; differing keys:\n  "
