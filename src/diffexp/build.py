@@ -80,6 +80,17 @@ def build_net(cfg: DictConfig, data_shape, num_classes: int | None):
         ) from e
 
 
+def _instantiate_checked(node):
+    """``instantiate`` that lets a ConfigError raised by the target itself through unwrapped (Hydra wraps it
+    in an InstantiationException whose message repeats the traceback's context)."""
+    try:
+        return instantiate(node)
+    except Exception as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise
+
+
 def build_module(cfg: DictConfig, info: dict[str, Any]) -> DiffusionModule:
     num_classes = resolve_num_classes(cfg, info.get("num_classes"))
     net = build_net(cfg, info["data_shape"], num_classes)
@@ -87,7 +98,7 @@ def build_module(cfg: DictConfig, info: dict[str, Any]) -> DiffusionModule:
     objective = instantiate(cfg.objective)
     module_cfg = OmegaConf.to_container(cfg.module, resolve=True) if "module" in cfg else {}
     optimizer = instantiate(cfg.optimizer) if "optimizer" in cfg else None
-    lr_scheduler = instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
+    lr_scheduler = _instantiate_checked(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
     data_range = info.get("data_range")
     return DiffusionModule(
         net=net,

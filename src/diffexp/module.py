@@ -257,6 +257,8 @@ class DiffusionModule(L.LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer=optimizer)
+        if hasattr(scheduler, "bind_trainer") and self._trainer is not None:
+            scheduler.bind_trainer(self._trainer)  # time-keyed schedules read the Trainer's clock (diffexp.lr_schedules)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
