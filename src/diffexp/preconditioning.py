@@ -22,8 +22,9 @@ monotone function of σ̃ on every family, mapped onto the range the sinusoidal 
 UNet/DiT/MLP were designed for), so any network works unchanged. This deviates from EDM's c_noise only
 by a reparametrisation of the conditioning input.
 
-The wrapper receives the *process* time t (not the network time) and must be used with ``prediction:
-x0``. Its state_dict is the wrapped network's under the prefix ``net.``.
+The wrapper obeys the network contract: it receives the network time (what the module and the Denoiser
+pass, ``process.net_time(t)``), recovers t by ``process.t_of_net_time`` for the coefficients and hands the
+same network time to F. Use it with ``prediction: x0``. Its state_dict is F's under the prefix ``net.``.
 """
 
 from __future__ import annotations
@@ -44,8 +45,6 @@ class EDMPreconditioned(nn.Module):
     """D(x_t, t) = c_skip x_t + c_out F(c_in x_t, net_time(t)): wraps ``net`` (any network obeying the
     contract ``net(x, t)`` or ``net(x, t, y=labels)``) so that it predicts x_0."""
 
-    receives_process_time = True  # the caller passes the process' t; net_time(t) is applied here
-
     def __init__(self, net: nn.Module, process, sigma_data: float = 0.5):
         super().__init__()
         if not sigma_data > 0:
@@ -54,14 +53,13 @@ class EDMPreconditioned(nn.Module):
         self.process = process
         self.sigma_data = float(sigma_data)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
+    def forward(self, x: Tensor, net_t: Tensor, y: Tensor | None = None) -> Tensor:
+        if net_t.ndim == 0:
+            net_t = net_t.expand(x.shape[0])
         like = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=torch.float64, device=x.device)
-        a, s = self.process.scales(t, like)
+        a, s = self.process.scales(self.process.t_of_net_time(net_t), like)
         c_skip, c_out, c_in = (c.to(x.dtype) for c in edm_coefficients(a, s, self.sigma_data))
-        t_net = self.process.net_time(t)
-        out = self.net(c_in * x, t_net) if y is None else self.net(c_in * x, t_net, y=y)
+        out = self.net(c_in * x, net_t) if y is None else self.net(c_in * x, net_t, y=y)
         return c_skip * x + c_out * out.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -9,12 +9,12 @@ multiple of the ε-error δε = ε̂ - ε (δx_0 = -(σ/α) δε):
 (v = α ε - σ x_0, Salimans & Ho 2022; score = -ε/σ; flow velocity u = α' x_0 + σ' ε, Lipman et al. 2023),
 so ‖δ target‖² = ‖δε‖² / f_target with
 
-    f_ε = 1,  f_x0 = α²/σ² = SNR,  f_v = α²/(α²+σ²) = SNR/(1+SNR),  f_score = σ²,  f_u = α²/(ασ' - α'σ)²,
+    f_ε = 1,  f_x0 = α²/σ² = SNR,  f_v = α²/(α²+σ²)²,  f_score = σ²,  f_u = α²/(ασ' - α'σ)²,
 
 and λ_target = λ_ref · f_target / f_ref gives λ_target ‖δ target‖² = λ_ref ‖δ ref‖²: the same loss.
 The documented equivalences follow: ε-MSE × SNR = x_0-MSE; ε-MSE = σ²·score-MSE (Song & Ermon's
 λ = σ²); on ``flow`` (α = 1-t, σ = t, ασ' - α'σ = 1) ε-MSE × (1-t)² = velocity-MSE. On VP processes
-(α² + σ² = 1) f_score = σ² = 1/(1+SNR) and f_v = α².
+(α² + σ² = 1) f_score = σ² = 1/(1+SNR) and f_v = α² = SNR/(1+SNR).
 
 Weightings (``weighting=``):
 
@@ -93,7 +93,7 @@ def target_factor_parts(target: str, a: Tensor, s: Tensor, da: Tensor | None, ds
     if target == "x0":
         return a**2, s**2
     if target == "v":
-        return a**2, a**2 + s**2
+        return a**2, (a**2 + s**2) ** 2
     if target == "score":
         return s**2, one
     if target == "velocity":

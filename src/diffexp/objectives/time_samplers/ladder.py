@@ -2,10 +2,12 @@
 
     σ_i = σ_max (σ_min/σ_max)^{(i-1)/(L-1)},  i = 1..L,   t_i = t_of_sigma(σ_i),   i ~ U{1, …, L},
 
-with σ_min = σ(t_min) and σ_max = σ(t_max) the family's Karras/VE noise levels at the ends of its range, so
-on ``ve`` the ladder runs from the process' σ_min to σ_max. Uniform over levels, weights 1; the
-objective's λ(σ) = σ² (:mod:`diffexp.objectives.ncsn`) balances the levels. Song & Ermon 2019 use L = 10
-(σ from 1 to 0.01); NCSNv2 uses ratios of about 1.1-1.7 between levels, i.e. larger L.
+with (σ_min, σ_max) = ``process.sigma_range()``, the family's Karras/VE noise levels at the ends of the
+range its samplers integrate over (finite and positive on every family, e.g. flow's t ∈ [1e-3, 1 - 1e-3]),
+so on ``ve`` the ladder runs from the process' σ_min to σ_max and training covers the levels sampling
+visits. Uniform over levels, weights 1; the objective's λ(σ) = σ² (:mod:`diffexp.objectives.ncsn`)
+balances the levels. Song & Ermon 2019 use L = 10 (σ from 1 to 0.01); NCSNv2 uses ratios of about
+1.1-1.7 between levels, i.e. larger L.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ class GeometricLadder(TimeSampler):
 
     def levels(self, process) -> Tensor:
         """The ladder's times t_1 > … > t_L (largest σ first), float64."""
-        ends = process.sigma(torch.tensor([float(process.t_max), float(process.t_min)], dtype=torch.float64))
-        hi, lo = (float(v) for v in ends)
+        lo, hi = (float(v) for v in process.sigma_range())
         if not (math.isfinite(hi) and lo > 0):
             raise ValueError(f"the geometric ladder needs finite positive noise levels at both ends, got σ in [{lo}, {hi}]")
         sigmas = torch.linspace(math.log(hi), math.log(lo), self.num_levels, dtype=torch.float64).exp()
