@@ -32,7 +32,7 @@ import diffexp  # noqa: F401  (first: the torchvision shim must precede lightnin
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import compose, machine, machine_line, set_threads, summary, table, write_result  # noqa: E402
+from common import compose, machine, machine_line, rel, set_threads, summary, table, write_result  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -169,7 +169,7 @@ def main() -> None:
     print(f"noise draw (64x1x28x28): per-sample generators {draw_seeds['median'] * 1e3:.3f} ms, "
           f"one generator {draw_gen['median'] * 1e3:.3f} ms")
     print(f"max sampler overhead (seeds): {worst:.2f}% of a forward; target <= 5%: {'met' if worst <= 5 else 'MISSED'}")
-    print(f"results: {out}")
+    print(f"results: {rel(out)}")
 
 
 if __name__ == "__main__":

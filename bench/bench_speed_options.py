@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lightning as L  # noqa: E402
 from bench_train import HandLoop, make_config  # noqa: E402
-from common import machine, machine_line, set_threads, summary, table, write_result  # noqa: E402
+from common import machine, machine_line, rel, set_threads, summary, table, write_result  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from diffexp.build import build_module, data_info  # noqa: E402
@@ -114,7 +114,7 @@ def main() -> None:
           f"{threads} thread(s))")
     print(machine_line(record["machine"]))
     print(table(["variant", "ms/step (median)", "img/s", "speed-up (median)", "min", "max"], rows, floatfmt=".2f"))
-    print(f"results: {out}")
+    print(f"results: {rel(out)}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from common import compose, machine, machine_line, mnist_root, set_threads, table, write_result  # noqa: E402
+from common import compose, machine, machine_line, mnist_root, rel, set_threads, table, write_result  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from diffexp.build import build_module, data_info  # noqa: E402
@@ -166,7 +166,7 @@ def main() -> None:
     print(table(["step", "training wall-clock (min)", "FID", "KID", "eval s"], rows, floatfmt=".3g"))
     print(f"FID floor at n={args.n} (real training images vs test): {floor['fid']:.3g}; "
           f"{trainer.global_step} steps in {clock.train_s / 60:.1f} min of training")
-    print(f"results: {out}")
+    print(f"results: {rel(out)}")
 
 
 if __name__ == "__main__":

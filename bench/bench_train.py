@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from common import compose, machine, machine_line, mnist_root, set_threads, summary, table, write_result  # noqa: E402
+from common import compose, machine, machine_line, mnist_root, rel, set_threads, summary, table, write_result  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from diffexp.build import build_module, data_info  # noqa: E402
@@ -365,7 +365,7 @@ def main() -> None:
           f"{100 * record['data_share_of_step']:.3f}% of a step")
     if args.profile:
         print(record["profile_top"])
-    print(f"results: {out}")
+    print(f"results: {rel(out)}")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,14 @@ def write_result(name: str, record: dict[str, Any], out_dir: Path | None = None)
     return out
 
 
+def rel(path: str | os.PathLike) -> str:
+    """``path`` relative to the repository (as results and summaries name files), else unchanged."""
+    try:
+        return Path(path).resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def table(headers: list[str], rows: list[list[Any]], floatfmt: str = ".3g") -> str:
     """A plain, aligned text table (also valid Markdown)."""
 

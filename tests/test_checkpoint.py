@@ -17,12 +17,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import REPO, compose
+from diffexp.atomic import atomic_torch_save as atomic_save
 from diffexp.build import build_module, data_info, load_module
 from diffexp.checkpoint import (
     AtomicCheckpointIO,
     AtomicModelCheckpoint,
     CheckpointError,
-    atomic_save,
     config_mismatches,
     read_checkpoint,
 )

@@ -80,7 +80,7 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
 
 
 def test_sampler_labels_carry_nfe(tmp_path):
-    from diffexp.callbacks import sampler_label
+    from diffexp.metrics.provenance import sampler_label
 
     for option in options("sampler"):
         cfg = compose("train", [f"sampler={option}"], tmp_path)

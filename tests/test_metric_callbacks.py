@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import compose, free_port
-from diffexp.callbacks import PointsExtractor
-from diffexp.callbacks.metrics import make_metrics_extractor, resolve_metrics, sampler_family
 from diffexp.cli.train import train
 from diffexp.metrics import FeatureStats, compute_metrics, make_extractor, sliced_wasserstein
+from diffexp.metrics.provenance import sampler_family
+from diffexp.metrics.selection import PointsExtractor, make_metrics_extractor, resolve_metrics
 
 TINY_UNET = ["model=unet", "model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_resolutions=[4]",
              "model.dropout=0.0"]
@@ -220,8 +220,8 @@ def _ddp_worker(rank, world, port, out):
 
 
 def _ddp_payload():
-    from diffexp.callbacks.likelihood import evaluate_nll
     from diffexp.denoiser import Denoiser
+    from diffexp.metrics.nll import evaluate_nll
     from diffexp.process import DiffusionProcess
     from diffexp.schedules import linear
 

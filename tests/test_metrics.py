@@ -29,8 +29,8 @@ from diffexp.metrics import (  # (imports diffexp first: torchvision patch befor
     kernel_inception_distance,
     keyed_metrics,
     make_inception_standin,
-    metric_key,
     polynomial_mmd2,
+    provenance_key,
     psd_sqrt,
     reference_stats,
 )
@@ -195,10 +195,13 @@ def test_compute_metrics_batch_size_invariant_and_provenance():
     assert r1["fid"] > 0 and 1.0 <= r1["is"] <= 10.0
     assert (r1["n_gen"], r1["n_real"], r1["extractor"], r1["extractor_hash"]) == (200, 300, "random", ext.weights_hash)
     assert (r1["sampler"], r1["nfe"], r1["ema"]) == ("ddim-50", 50, True)
-    assert metric_key("fid", ext, 200, "ddim-50") == f"fid/random-{ext.weights_hash[:6]}/n200/ddim-50"
-    assert metric_key("fid", "classifier-ab12cd", 1000) == "fid/classifier-ab12cd/n1000"
+    # One key format (provenance_key): the reference split is unknown here (statistics without meta).
+    h6 = ext.weights_hash[:6]
     keyed = keyed_metrics(r1)
-    assert keyed[f"fid/random-{ext.weights_hash[:6]}/n200/ddim-50"] == r1["fid"]
+    assert keyed[f"fid/random-{h6}/n200/ddim-50/ema/ref-unknown-n300"] == r1["fid"]
+    assert set(keyed) == {f"{m}/random-{h6}/n200/ddim-50/ema/ref-unknown-n300" for m in ("fid", "kid", "kid_std", "is", "is_std")}
+    other = {**r1, "real_split": "test", "weights": "raw", "guidance_scale": 3.0}
+    assert provenance_key("kid", other) == f"kid/random-{h6}/n200/ddim-50-cfg3/raw/ref-test-n300"
     assert dm.calls == 0
 
 

@@ -1,9 +1,10 @@
 """Checkpoints you can trust: atomic writes, clear errors, config compatibility, saving on SIGTERM/SIGINT.
 
 * :class:`AtomicCheckpointIO` (a ``TorchCheckpointIO`` given to the Trainer as a plugin, see
-  ``conf/trainer/default.yaml``) writes ``<dir>/.<name>.<pid>.tmp``, flushes and ``fsync`` s it, then
-  ``os.replace`` s it over the target and ``fsync`` s the folder: a reader sees the old file or the new
-  one, never a partial one, whatever kills the process. Loading turns torch's errors about truncated or
+  ``conf/trainer/default.yaml``) saves through :func:`diffexp.atomic.atomic_write` (a temporary file
+  in the same folder, ``fsync``, ``os.replace``, ``fsync`` of the folder): a reader sees the old file or
+  the new one, never a partial one, whatever kills the process; the temporary files of a killed save are
+  removed when the checkpoint folder is next used (:meth:`AtomicModelCheckpoint.setup`). Loading turns torch's errors about truncated or
   foreign files into a :class:`CheckpointError` that names the file.
 * :class:`AtomicModelCheckpoint` (``conf/callbacks/model_checkpoint.yaml``) is Lightning's
   ``ModelCheckpoint`` with two changes: ``save_last="link"`` replaces ``last.ckpt`` atomically (a new
@@ -22,7 +23,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import zipfile
@@ -34,68 +34,14 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from diffexp.atomic import atomic_link, atomic_torch_save, clean_partial_files
+
 CHECKPOINT_KEY = "diffexp"
 CHECKPOINT_FORMAT = 1
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt, not diffexp's, or incompatible with the config."""
-
-
-# ---- atomic files -----------------------------------------------------------------------------------
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory file descriptors
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _tmp_name(path: Path) -> Path:
-    # Not ending in .ckpt: never mistaken for a checkpoint by globs (ModelCheckpoint, ckpt_path=auto).
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` that leaves either the previous file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_link(target: str | os.PathLike, link: str | os.PathLike) -> None:
-    """Make ``link`` point to ``target`` (a relative symlink, or a copy where symlinks fail), atomically."""
-    target, link = Path(target), Path(link)
-    if os.path.abspath(target) == os.path.abspath(link):
-        return
-    tmp = _tmp_name(link)
-    try:
-        try:
-            os.symlink(os.path.relpath(target, link.parent), tmp)
-        except OSError:
-            shutil.copyfile(target, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, link)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(link.parent)
 
 
 def _is_local(path) -> bool:
@@ -109,7 +55,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_save(checkpoint, str(path).removeprefix("file://"))
+        atomic_torch_save(checkpoint, str(path).removeprefix("file://"))
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         if not _is_local(path):
@@ -214,7 +160,14 @@ def config_mismatches(stored: dict, current: dict, keys: tuple[str, ...] = COMPA
 
 # ---- callbacks -----------------------------------------------------------------------------------------
 class AtomicModelCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` is replaced atomically and always holds the final step."""
+    """``ModelCheckpoint`` whose ``last.ckpt`` is replaced atomically and always holds the final step;
+    at setup, the temporary files that a killed save left in its folder are removed."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath and _is_local(self.dirpath):
+            for p in clean_partial_files(str(self.dirpath).removeprefix("file://")):
+                rank_zero_info(f"[diffexp] removed {p.name}, left in {p.parent} by an interrupted save")
 
     @staticmethod
     def _link_checkpoint(trainer, filepath: str, linkpath: str) -> None:

@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffexp.checkpoint import CHECKPOINT_KEY, CheckpointError, atomic_save, read_checkpoint
+from diffexp.atomic import atomic_torch_save
+from diffexp.checkpoint import CHECKPOINT_KEY, CheckpointError, read_checkpoint
 from diffexp.phema import sigma_rel_to_gamma, solve_posthoc
 
 __all__ = ["SNAPSHOT_FORMAT", "Snapshot", "list_snapshots", "save_snapshot", "reconstruct", "write_checkpoint"]
 
 SNAPSHOT_FORMAT = "diffexp-phema-1"
-_NAME = re.compile(r"phema-step(\d+)\.pt$")
+SNAPSHOT_NAME = re.compile(r"phema-step(\d+)\.pt$")
 
 
 def snapshot_name(global_step: int) -> str:
@@ -35,7 +36,7 @@ def snapshot_name(global_step: int) -> str:
 def save_snapshot(snapshot: dict, folder: str | os.PathLike, global_step: int) -> Path:
     """Write one :meth:`PowerEMA.snapshot` atomically as ``folder/phema-step<step>.pt``."""
     path = Path(folder) / snapshot_name(global_step)
-    atomic_save({"format": SNAPSHOT_FORMAT, "global_step": int(global_step), **snapshot}, path)
+    atomic_torch_save({"format": SNAPSHOT_FORMAT, "global_step": int(global_step), **snapshot}, path)
     return path
 
 
@@ -64,7 +65,7 @@ def list_snapshots(folder: str | os.PathLike) -> list[Snapshot]:
     folder = Path(folder)
     if (folder / "phema").is_dir():
         folder = folder / "phema"
-    paths = sorted(p for p in folder.glob("phema-step*.pt") if _NAME.search(p.name)) if folder.is_dir() else []
+    paths = sorted(p for p in folder.glob("phema-step*.pt") if SNAPSHOT_NAME.search(p.name)) if folder.is_dir() else []
     if not paths:
         raise CheckpointError(f"no post-hoc EMA snapshots (phema-step*.pt) in {folder}; train with "
                               "module.posthoc_ema.sigma_rel=[0.05,0.10] and the posthoc_ema callback (callbacks=default)")
@@ -141,5 +142,5 @@ def write_checkpoint(base: str | os.PathLike, state: dict[str, torch.Tensor], in
     for key in ("pytorch-lightning_version", "hyper_parameters"):
         if key in ckpt:
             out[key] = ckpt[key]
-    atomic_save(out, path)
+    atomic_torch_save(out, path)
     return Path(path)

@@ -147,9 +147,6 @@ def find_auto_checkpoint(root: str | Path, config: dict | None = None) -> tuple[
     return None, notes
 
 
-_RESOLVED: dict[tuple, str | None] = {}
-
-
 def _say(message: str) -> None:
     """Print once per job: on the process of global rank 0 (DDP ranks all resolve the same checkpoint)."""
     import os
@@ -167,12 +164,13 @@ def resolve_ckpt_path(cfg) -> str | None:
     compatible ``last.ckpt`` under ``paths.log_dir/task_name`` (none: train from scratch).
 
     The resumed run writes into its *own new* run directory (Hydra's ``paths.output_dir``), and says so;
-    the directory of the run it continues is left as it was. (``auto`` then finds the newest ``last.ckpt``
-    of the chain, wherever it is.) The result is memoised per config object, so calling it twice in one
-    job reads and prints once.
+    the directory of the run it continues is left as it was, except for the temporary files of a save that
+    was killed there, which are removed (:func:`diffexp.atomic.clean_partial_files`). (``auto`` then finds
+    the newest ``last.ckpt`` of the chain, wherever it is.) Call it once per job (it reads and prints).
     """
     from omegaconf import OmegaConf
 
+    from diffexp.atomic import clean_partial_files
     from diffexp.checkpoint import CheckpointError, config_mismatches, read_checkpoint_meta
 
     ckpt = cfg.get("ckpt_path")
@@ -180,10 +178,6 @@ def resolve_ckpt_path(cfg) -> str | None:
         return None
     root = Path(cfg.paths.log_dir) / cfg.task_name
     out_dir = OmegaConf.select(cfg, "paths.output_dir", default=None)
-    key = (id(cfg), str(ckpt), str(root), str(out_dir))
-    if key in _RESOLVED:
-        return _RESOLVED[key]
-    _RESOLVED.clear()  # one job at a time
     current = OmegaConf.to_container(cfg, resolve=True)
     if ckpt == "auto":
         path, notes = find_auto_checkpoint(root, current)
@@ -205,5 +199,6 @@ def resolve_ckpt_path(cfg) -> str | None:
         meta = read_checkpoint_meta(path)
         _say(f"[diffexp] resuming from {path} (global step {meta.get('global_step')}, epoch {meta.get('epoch')}); "
               f"this run writes to its own new directory {out_dir}")
-    _RESOLVED[key] = path
+        for p in clean_partial_files(Path(path).parent):
+            _say(f"[diffexp] removed {p.name}, left in {p.parent} by an interrupted save")
     return path

@@ -17,7 +17,7 @@ from pathlib import Path
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from diffexp.callbacks.periodic import PeriodicCallback
-from diffexp.posthoc_ema import _NAME, save_snapshot
+from diffexp.posthoc_ema import SNAPSHOT_NAME, save_snapshot
 
 
 class PostHocEMASnapshots(PeriodicCallback):
@@ -37,7 +37,7 @@ class PostHocEMASnapshots(PeriodicCallback):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         linked = 0
         for path in sorted(source.glob("phema-step*.pt")):
-            m = _NAME.search(path.name)
+            m = SNAPSHOT_NAME.search(path.name)
             target = self.dirpath / path.name
             if m is None or int(m.group(1)) > trainer.global_step or target.exists():
                 continue  # later snapshots belong to the abandoned continuation of the old run

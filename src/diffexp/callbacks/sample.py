@@ -9,13 +9,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from diffexp.callbacks.periodic import PeriodicCallback
 from diffexp.images import image_grid, log_image, samples_to_image, save_png
-
-
-def sampler_label(sampler, num_timesteps: int) -> str:
-    """The sampler's name with its number of function evaluations, e.g. ``ddim-50``, ``ddim-50-eta1`` or
-    ``ddpm-1000`` (appended only when the name does not already carry it as a ``-<NFE>`` part)."""
-    nfe = sampler.nfe(num_timesteps)
-    return sampler.name if str(nfe) in sampler.name.split("-")[1:] else f"{sampler.name}-{nfe}"
+from diffexp.metrics.provenance import sampler_label
 
 
 class SampleCallback(PeriodicCallback):

@@ -8,13 +8,12 @@ Each job writes ``evaluation.json`` into its job directory: every value with its
 path and step, EMA or raw weights, sampler with config and NFE, extractor with weights hash, n generated,
 n real and the reference statistics' split/cache key/file, seeds, timings, metric keys) and, with
 ``nll``, ``nll_per_t.csv``. The sweep directory gets ``summary.md``, ``summary.csv`` and
-``fid_vs_nfe.png`` (rewritten after every job and once more at the end by :class:`SummaryCallback`,
-registered in ``conf/evaluate.yaml`` under ``hydra.callbacks``). Results are grouped by
-(extractor + weights hash, n generated, n real, reference data): each group gets its own table and
-plot panel, so numbers that are not comparable never share a curve (a warning says so).
+``fid_vs_nfe.png`` (:mod:`diffexp.metrics.summary`; rewritten after every job and once more at the end by
+:class:`SummaryCallback`, registered in ``conf/evaluate.yaml`` under ``hydra.callbacks``), grouped so
+that numbers that are not comparable never share a curve.
 
 Metrics: ``fid``, ``kid``, ``is`` (images; IS needs an extractor with logits), ``swd`` (2-D data; FID and
-KID there are on the raw coordinates, see :mod:`diffexp.callbacks.metrics`) and ``nll`` (the variational
+KID there are on the raw coordinates, see :mod:`diffexp.metrics.selection`) and ``nll`` (the variational
 bound in bits/dim on ``nll.split``, independent of the sampler).
 
 Samplers without a ``steps`` option (``langevin``: ``num_levels`` x ``steps_per_level``) cannot take
@@ -32,15 +31,11 @@ the jobs of both sweeps apart). ``python -m diffexp.cli.evaluate --summarize DIR
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
-import os
 import sys
 import time
 import warnings
-from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -56,31 +51,30 @@ from hydra.experimental.callback import Callback  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from diffexp.atomic import atomic_write_json  # noqa: E402
 from diffexp.build import load_module  # noqa: E402
-from diffexp.callbacks.likelihood import evaluate_nll, nll_examples, nll_keys, write_per_t_csv  # noqa: E402
-from diffexp.callbacks.metrics import (  # noqa: E402
-    SAMPLE_METRICS,
-    _jsonable,
-    cached_reference_stats,
+from diffexp.metrics import compute_metrics  # noqa: E402
+from diffexp.metrics.nll import evaluate_nll, nll_examples, nll_keys, write_per_t_csv  # noqa: E402
+from diffexp.metrics.provenance import (  # noqa: E402
     class_labels,
     extractor_info,
+    jsonable,
+    keyed_metrics,
+    sampler_config,
+    sampler_family,
+    sampler_label,
+)
+from diffexp.metrics.selection import (  # noqa: E402
+    SAMPLE_METRICS,
+    cached_reference_stats,
     is_points,
-    keyed_values,
     make_metrics_extractor,
     reference_split,
     resolve_metrics,
-    sampler_config,
-    sampler_family,
-    write_json,
 )
-from diffexp.callbacks.sample import sampler_label  # noqa: E402
-from diffexp.metrics import compute_metrics  # noqa: E402
+from diffexp.metrics.summary import RECORD, write_summary  # noqa: E402
 
 ALL_METRICS = (*SAMPLE_METRICS, "nll")
-RECORD = "evaluation.json"
-SUMMARY_COLUMNS = ("group", "sampler", "family", "nfe", "weights", "guidance_scale", "fid", "kid", "kid_std", "is",
-                   "swd", "nll_bpd", "nll_convention", "n_gen", "n_real", "extractor", "extractor_hash",
-                   "reference", "step", "checkpoint", "seconds", "job_dir")
 
 
 def pick_device(name: str) -> torch.device:
@@ -165,7 +159,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         record["keys"].update(record["nll"]["keys"])
     record["seconds"] = time.time() - started
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json(out_dir / RECORD, record)
+    atomic_write_json(out_dir / RECORD, jsonable(record))
     shown = ", ".join(f"{k}={v:.5g}" for k, v in record["values"].items())
     print(f"[evaluate] {record.get('sampler', 'nll')} ({record.get('nfe', '-')} NFE, {weights}) step "
           f"{info['global_step']}: {shown}  ({record['seconds']:.1f} s) -> {out_dir / RECORD}")
@@ -203,7 +197,7 @@ def _sample_metrics(cfg, module, dm, sampler, metrics, weights, device) -> dict[
                sampler_config=sampler_config(sampler), nfe=sampler.nfe(T), weights=weights, ema=weights == "ema",
                guidance_scale=float(cfg.guidance_scale), real_split=split, extractor_info=extractor_info(extractor),
                metrics=list(chosen))
-    res["keys"] = keyed_values(res)
+    res["keys"] = keyed_metrics(res)
     return res
 
 
@@ -217,155 +211,6 @@ def _nll(cfg, module, dm, weights, device, out_dir: Path) -> dict[str, Any]:
     res["keys"] = nll_keys(res, split, weights)
     write_per_t_csv(out_dir / "nll_per_t.csv", res["per_t"])
     return res
-
-
-# ------------------------------------------------------------------------------------------ summary
-def load_records(root: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every ``evaluation.json`` below ``root`` (sorted by path), each with ``job_dir`` added."""
-    out = []
-    for path in sorted(Path(root).rglob(RECORD)):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            warnings.warn(f"skipping unreadable {path}: {e}", stacklevel=2)
-            continue
-        rec["job_dir"] = str(path.parent)
-        out.append(rec)
-    return out
-
-
-def group_of(rec: dict[str, Any]) -> str:
-    """What makes sample metrics comparable: extractor + weights hash, n generated, n real, reference data."""
-    if "samples" not in rec:
-        return "nll-only"
-    ref = rec.get("reference") or {}
-    return (f"{rec['extractor']}-{str(rec['extractor_hash'])[:6]} | n_gen={rec['n_gen']} | n_real={rec['n_real']} | "
-            f"ref={ref.get('cache_key', '?')}")
-
-
-def summary_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for rec in records:
-        v = rec.get("values", {})
-        rows.append({
-            "group": group_of(rec), "sampler": rec.get("sampler", ""), "family": rec.get("family", ""),
-            "nfe": rec.get("nfe", ""), "weights": rec.get("weights", ""), "guidance_scale": rec.get("guidance_scale", ""),
-            "fid": v.get("fid", ""), "kid": v.get("kid", ""), "kid_std": v.get("kid_std", ""), "is": v.get("is", ""),
-            "swd": v.get("swd", ""), "nll_bpd": v.get("nll_bpd", ""),
-            "nll_convention": (rec.get("nll") or {}).get("convention_tag", ""),
-            "n_gen": rec.get("n_gen", ""), "n_real": rec.get("n_real", ""), "extractor": rec.get("extractor", ""),
-            "extractor_hash": rec.get("extractor_hash", ""), "reference": (rec.get("reference") or {}).get("cache_key", ""),
-            "step": rec.get("global_step", ""), "checkpoint": rec.get("checkpoint", ""),
-            "seconds": round(float(rec.get("seconds", 0.0)), 2), "job_dir": rec.get("job_dir", ""),
-        })
-    rows.sort(key=lambda r: (r["group"], str(r["checkpoint"]), str(r["family"]), str(r["weights"]),
-                             r["nfe"] if isinstance(r["nfe"], (int, float)) else math.inf))
-    return rows
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.5g}"
-    return str(v)
-
-
-def _curve_key(row: dict[str, Any], many_ckpts: bool) -> str:
-    label = f"{row['family']} ({row['weights']}"
-    if row["guidance_scale"] not in ("", 1, 1.0):
-        label += f", cfg {row['guidance_scale']:g}"
-    if many_ckpts:
-        label += f", step {row['step']}"
-    return label + ")"
-
-
-def write_summary(root: str | os.PathLike) -> dict[str, Any]:
-    """Rewrite ``summary.csv``, ``summary.md`` and ``fid_vs_nfe.png`` in ``root`` from every job record
-    below it. Groups (extractor + hash, n_gen, n_real, reference) get separate tables and plot panels;
-    when there is more than one, a warning says that values across groups are not comparable.
-    Returns ``{"records", "groups", "files", "warnings"}``."""
-    root = Path(root)
-    records = load_records(root)
-    rows = summary_rows(records)
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        groups[r["group"]].append(r)
-    notes = []
-    sample_groups = [g for g in groups if g != "nll-only"]
-    if len(sample_groups) > 1:
-        notes.append(f"{len(sample_groups)} groups with different extractor / n_gen / n_real / reference data: their "
-                     "FID/KID/IS values are NOT comparable and are shown in separate tables and plot panels")
-        warnings.warn(notes[-1], stacklevel=2)
-    files = {}
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(SUMMARY_COLUMNS))
-    w.writeheader()
-    w.writerows(rows)
-    files["csv"] = _write_text(root / "summary.csv", buf.getvalue())
-    md = [f"# Evaluation summary: {root}", "", f"{len(records)} job record(s), written "
-          f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}.", ""]
-    md += [f"> **Warning:** {n}" for n in notes] + ([""] if notes else [])
-    cols = ("sampler", "nfe", "weights", "fid", "kid", "kid_std", "is", "swd", "nll_bpd", "step", "seconds")
-    for g, grows in groups.items():
-        md += [f"## {g}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        md += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in grows]
-        ckpts = sorted({str(r["checkpoint"]) for r in grows})
-        conv = sorted({r["nll_convention"] for r in grows if r["nll_convention"]})
-        md += ["", f"checkpoint(s): {', '.join(ckpts)}"] + ([f"NLL convention: {', '.join(conv)}"] if conv else []) + [""]
-    files["md"] = _write_text(root / "summary.md", "\n".join(md))
-    png = plot_fid_vs_nfe(groups, root / "fid_vs_nfe.png")
-    if png is not None:
-        files["png"] = png
-    return {"records": len(records), "groups": list(groups), "files": files, "warnings": notes}
-
-
-def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
-def plot_fid_vs_nfe(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
-    """One panel per comparable group, one curve per sampler family (and weights, guidance, checkpoint),
-    FID against NFE (log x axis). Nothing is written when no record has an FID."""
-    panels = {g: [r for r in rows if r["fid"] != "" and r["nfe"] != ""] for g, rows in groups.items()}
-    panels = {g: rows for g, rows in panels.items() if rows}
-    if not panels:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 4 * len(panels)), squeeze=False)
-    for ax, (g, rows) in zip(axes[:, 0], panels.items()):
-        many = len({r["checkpoint"] for r in rows}) > 1
-        curves: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        for r in rows:
-            curves[_curve_key(r, many)].append((float(r["nfe"]), float(r["fid"])))
-        for label, pts in sorted(curves.items()):
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        ax.set_xscale("log")
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-        ax.set_xticks(sorted({float(r["nfe"]) for r in rows}))
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.ticklabel_format(axis="y", useOffset=False)
-        ax.set_xlabel("NFE (network evaluations per sample)")
-        ax.set_ylabel("FID")
-        ax.set_title(g, fontsize=8)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    if len(panels) > 1:
-        fig.suptitle("separate panels: values are not comparable across panels", fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
 
 
 class SummaryCallback(Callback):
@@ -399,7 +244,7 @@ def main() -> None:
     """Console entry point; ``--summarize DIR`` rewrites the summary of a directory of job records."""
     if len(sys.argv) == 3 and sys.argv[1] == "--summarize":
         res = write_summary(sys.argv[2])
-        print(json.dumps(_jsonable(res), indent=2))
+        print(json.dumps(jsonable(res), indent=2))
         return
     _hydra_main()
 

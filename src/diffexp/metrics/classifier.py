@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffexp.metrics.utils import atomic_save, file_sha256, slug
+from diffexp.atomic import atomic_torch_save, atomic_write_json, clean_partial_files
+from diffexp.metrics.utils import file_sha256, slug
 
 ARCHS = {"small_cnn": (16, 128), "wide_cnn": (32, 128)}  # name -> (width, feature_dim)
 
@@ -177,11 +178,10 @@ def load_or_train_classifier(
         model = build_classifier(arch, info["in_channels"], info["num_classes"])
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval().requires_grad_(False), info, path
+    clean_partial_files(path.parent)  # what a killed earlier training left behind
     model, info = train_classifier(datamodule, arch=arch, epochs=epochs, min_steps=min_steps, seed=seed, **train_kwargs)
     info["cache_key"] = datamodule.cache_key("train")
-    atomic_save(model.state_dict(), path)
+    atomic_torch_save(model.state_dict(), path)
     info["weights_sha256"] = file_sha256(path)
-    tmp = meta.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, meta)
+    atomic_write_json(meta, info)  # written last: its presence says the weights file is complete
     return model, info, path

@@ -5,7 +5,7 @@
 - :class:`SampleQuality` (a ``torchmetrics.Metric``) takes generated images, runs the extractor and
   accumulates constant-memory statistics; ``compute()`` compares with the reference statistics.
 - :func:`compute_metrics` draws ``n`` samples in batches from ``sample_fn(seeds)`` and returns a
-  result dict with provenance; :func:`metric_key` names a value, e.g. ``fid/classifier-ab12cd/n1000/ddim-50``.
+  result dict with provenance; :func:`diffexp.metrics.provenance.keyed_metrics` names its values.
 
 Under DDP every rank must call ``reference_stats``/``compute_metrics``/``SampleQuality.compute``
 (they contain collectives). ``compute_metrics`` gives rank r the seeds ``offset + r, offset + r + W, ...``
@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from diffexp.atomic import atomic_torch_save, clean_partial_files
 from diffexp.metrics.extractors import FeatureExtractor
 from diffexp.metrics.stats import (
     FeatureAccumulator,
@@ -31,29 +32,9 @@ from diffexp.metrics.stats import (
     kernel_inception_distance,
     sliced_wasserstein,
 )
-from diffexp.metrics.utils import atomic_save, default_cache_dir, dist_info, slug
+from diffexp.metrics.utils import default_cache_dir, dist_info, slug
 
 ALL_METRICS = ("fid", "kid", "is")
-
-
-# ------------------------------------------------------------------------------------------- keys
-def metric_key(metric: str, extractor: FeatureExtractor | str, n: int, sampler_name: str | None = None) -> str:
-    """``{metric}/{extractor name}-{hash6}/n{n}[/{sampler}]``, e.g. ``fid/classifier-ab12cd/n1000/ddim-50``.
-    ``extractor`` may be an extractor or its ``tag`` string. FIDs at different n are not comparable,
-    hence n is always part of the key."""
-    tag = extractor if isinstance(extractor, str) else extractor.tag
-    key = f"{metric}/{tag}/n{n}"
-    return f"{key}/{sampler_name}" if sampler_name else key
-
-
-def keyed_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """``{metric_key: value}`` for the numeric metrics of a :func:`compute_metrics` result (for loggers)."""
-    tag = f"{result['extractor']}-{result['extractor_hash'][:6]}"
-    out = {}
-    for m in ("fid", "kid", "kid_std", "is", "is_std"):
-        if result.get(m) is not None:
-            out[metric_key(m, tag, result["n_gen"], result.get("sampler"))] = float(result[m])
-    return out
 
 
 # ------------------------------------------------------------------------------- reference stats
@@ -106,7 +87,8 @@ def reference_stats(datamodule: Any, split: str, extractor: FeatureExtractor, n:
                   "kid_max_samples": kid_max_samples, "seconds": time.perf_counter() - t0, "path": str(path)}
     stats.sqrt_cov()  # saved with the statistics: later FIDs need one eigvalsh only
     if rank == 0:
-        atomic_save(stats.to_dict(), path)
+        clean_partial_files(path.parent)  # what a killed earlier computation left behind
+        atomic_torch_save(stats.to_dict(), path)
     if world > 1:
         torch.distributed.barrier()
     stats.meta["cached"] = False

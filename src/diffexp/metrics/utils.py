@@ -1,4 +1,4 @@
-"""Small helpers for the metrics package: hashing, atomic writes, cache dirs, distributed info."""
+"""Small helpers for the metrics package: hashing, cache dirs, distributed info (atomic writes: diffexp.atomic)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -41,15 +40,6 @@ def state_dict_sha256(module: torch.nn.Module, length: int = HASH_LEN) -> str:
         h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
         h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()[:length]
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file next to ``path`` then ``os.replace`` (safe under DDP/multirun)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def dist_info() -> tuple[int, int]:
