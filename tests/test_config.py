@@ -65,6 +65,11 @@ def _instantiate_option(cfg: DictConfig, group: str) -> None:
     if group == "extractor":
         _target_accepts(node)
         return
+    if group == "autoencoder":
+        _target_accepts(node.model)
+        net = instantiate(node.model)(in_channels=1, image_size=28)
+        assert net.decode(net.encode(torch.randn(2, 1, 28, 28)).mode()).shape == (2, 1, 28, 28)
+        return
     if group == "trainer":
         _target_accepts(node)
         return
@@ -72,9 +77,12 @@ def _instantiate_option(cfg: DictConfig, group: str) -> None:
     assert obj is not None
 
 
+CONFIG_OF_GROUP = {"autoencoder": "train_autoencoder"}  # groups of another entry point's config
+
+
 @pytest.mark.parametrize("group,option", all_options())
 def test_every_option_composes_and_instantiates(group, option, tmp_path):
-    cfg = compose("train", [f"{group}={option}"], tmp_path)
+    cfg = compose(CONFIG_OF_GROUP.get(group, "train"), [f"{group}={option}"], tmp_path)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     _instantiate_option(cfg, group)
 

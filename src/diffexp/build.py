@@ -64,8 +64,13 @@ def _model_name(cfg: DictConfig) -> str:
     return f"model ({target})"
 
 
+# Keys of the model group read by diffexp, not passed to the network factory (models/energy.py).
+WRAPPER_KEYS = ("energy", "energy_head")
+
+
 def build_net(cfg: DictConfig, data_shape, num_classes: int | None):
-    factory = instantiate(cfg.model)
+    model_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k not in WRAPPER_KEYS])
+    factory = instantiate(model_cfg)
     if not callable(factory) or isinstance(factory, torch.nn.Module):
         raise ValueError("model configs must be partials (`_partial_: true`) taking in_channels, image_size, num_classes")
     shape = list(data_shape)
@@ -95,6 +100,11 @@ def build_module(cfg: DictConfig, info: dict[str, Any]) -> DiffusionModule:
     num_classes = resolve_num_classes(cfg, info.get("num_classes"))
     net = build_net(cfg, info["data_shape"], num_classes)
     schedule = instantiate(cfg.schedule)
+    if cfg.model.get("energy", False):  # score = −∇_x E by autograd (diffexp.models.energy)
+        from diffexp.models.energy import EnergyNet
+        from diffexp.process import DiffusionProcess
+
+        net = EnergyNet(net, DiffusionProcess(schedule), cfg.prediction, head=cfg.model.get("energy_head", "l2"))
     objective = instantiate(cfg.objective)
     module_cfg = OmegaConf.to_container(cfg.module, resolve=True) if "module" in cfg else {}
     optimizer = instantiate(cfg.optimizer) if "optimizer" in cfg else None

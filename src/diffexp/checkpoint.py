@@ -141,6 +141,10 @@ def _select(cfg: dict, key: str) -> dict[str, Any]:
     return _flatten(node, key)
 
 
+# Keys added to the configs later, with the value that checkpoints written before them implicitly had.
+IMPLICIT_DEFAULTS = {"model.energy": False, "model.energy_head": "l2"}
+
+
 def config_mismatches(stored: dict, current: dict, keys: tuple[str, ...] = COMPATIBILITY_KEYS) -> list[str]:
     """``["model.hidden_dim: checkpoint 32, config 64", ...]`` for every compatibility key that differs.
 
@@ -152,7 +156,8 @@ def config_mismatches(stored: dict, current: dict, keys: tuple[str, ...] = COMPA
     for key in keys:
         a, b = _select(stored, key), _select(current, key)
         for k in sorted(set(a) | set(b)):
-            va, vb = a.get(k, "<unset>"), b.get(k, "<unset>")
+            unset = IMPLICIT_DEFAULTS.get(k, "<unset>")
+            va, vb = a.get(k, unset), b.get(k, unset)
             if va != vb:
                 out.append(f"{k}: checkpoint {va!r}, config {vb!r}")
     return out
