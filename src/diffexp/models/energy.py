@@ -46,7 +46,7 @@ class EnergyNet(nn.Module):
 
     def energy(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """E_θ(x, t) = Ẽ_θ(x, t) / σ_t, the energy whose negative gradient is the score; shape (B,)."""
-        _, sigma = self.process.alpha_sigma(t, x)
+        sigma = self.process.predict(torch.zeros_like(x), x, t, "eps").noise_scale  # σ_t, read through the algebra
         e = self.scalar(x, t, y)
         return e / sigma.flatten().to(e.dtype)
 
