@@ -146,3 +146,23 @@ def test_sample_grid_has_one_row_per_class(tmp_path):
     assert torch.equal(call["y"], torch.arange(10).repeat_interleave(3)) and call["guidance_scale"] == 2.0
     image = np.asarray(Image.open(callback.last_paths[0]))
     assert image.shape[:2] == (10 * (8 + 2) + 2, 3 * (8 + 2) + 2)  # 10 rows (classes) of 3 samples, 2-px padding
+
+
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+def test_guidance_at_zero_terminal_snr_stays_finite(prediction):
+    """At the last step of a zero-terminal-SNR schedule α = 0: x_T is pure noise, so E[x_0|x_T, y] = μ_y and
+    E[x_0|x_T] = Σ_k w_k μ_k exactly, and the guided x̂_0 is their CFG combination μ_u + w (μ_y - μ_u) (with
+    ε̂ = x_T). The combination never divides by α (it gave NaN with v and x0 targets); a whole guided
+    DDIM run ends finite, in its class's component."""
+    proc = DiffusionProcess(linear(50, zero_terminal_snr=True))
+    oracle = GaussianMixtureOracle(torch.ones(K), MEANS, 0.01, proc, prediction)
+    den = Denoiser(oracle, proc, prediction, num_classes=K, data_range=None)
+    x_T, y, w = torch.randn(8, 2, generator=torch.Generator().manual_seed(0)), torch.arange(8) % K, 3.0
+    t = torch.full((8,), proc.num_timesteps - 1)
+    for clip in (None, (-10.0, 10.0)):
+        guided = den(x_T, t, y=y, guidance_scale=w, clip=clip)
+        uncond = MEANS.mean(0)
+        torch.testing.assert_close(guided.x0, uncond + w * (MEANS[y] - uncond), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(guided.eps, x_T, rtol=1e-5, atol=1e-5)
+    x = DDIMSampler(steps=20)(den, shape=(2,), seeds=range(16), y=torch.arange(16) % K, guidance_scale=w)
+    assert torch.isfinite(x).all() and torch.equal(torch.cdist(x, MEANS).argmin(1), torch.arange(16) % K)

@@ -150,6 +150,20 @@ def test_predictor_corrector_reproduces_a_gaussian(sampler):
     assert_gaussian(sample(sampler, gaussian_model(), 4000, seed=2), MU, COV)
 
 
+def test_corrector_step_sizes_follow_their_formulas():
+    """ε = 2α (r ‖z‖/‖ŝ‖)² with the norms of each sample ('sample'), their batch means ('batch', one ε for
+    the batch, as score_sde's LangevinCorrector) or their pure-noise values √D and √D/s ('expected')."""
+    g = torch.Generator().manual_seed(0)
+    z, score, alpha, s = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g) * 2, 0.99, torch.tensor(0.3)
+    zn, gn = z.norm(dim=1, keepdim=True), score.norm(dim=1, keepdim=True)
+    r = 0.16
+    torch.testing.assert_close(PCSampler(norms="sample").corrector_step_size(z, score, alpha, s), 2 * alpha * (r * zn / gn) ** 2)
+    batch = PCSampler(norms="batch").corrector_step_size(z, score, alpha, s)
+    torch.testing.assert_close(batch, 2 * alpha * (r * zn.mean() / gn.mean()) ** 2)
+    assert batch.numel() == 1
+    torch.testing.assert_close(PCSampler(norms="expected").corrector_step_size(z, score, alpha, s), 2 * alpha * (r * s) ** 2)
+
+
 def test_predictor_corrector_per_sample_norms_inflate_variance_in_low_dimension():
     """Algorithm 5's per-sample ε = 2α(r‖z‖/‖ŝ‖)² couples the step to the sample's own z and x: for
     Gaussian data the variance grows by about (1+2/D)² (1.56 in 8-D), as documented; the fixed
@@ -290,7 +304,8 @@ ALL_SMALL = [
     DDIMSampler(steps=10, eta=0.5),
     LangevinSampler(num_levels=3, steps_per_level=3, step_size=EPS_L),
     PCSampler(steps=6),
-    PCSampler(steps=6, predictor="ddim", n_corrector=2),
+    PCSampler(steps=6, predictor="ddim", n_corrector=2, norms="expected"),
+    PCSampler(steps=6, norms="sample"),
     HeunSampler(steps=6),
     HeunSampler(steps=6, solver="euler"),
     DPMSolverPP2MSampler(steps=6),
@@ -305,6 +320,9 @@ def test_samples_depend_on_their_seed_not_on_the_batch(sampler):
     together = sampler(model, shape=(2,), seeds=seeds)
     alone = torch.cat([sampler(model, shape=(2,), seeds=[s]) for s in seeds])
     split = torch.cat([sampler(model, shape=(2,), seeds=seeds[:2]), sampler(model, shape=(2,), seeds=seeds[2:])])
+    if isinstance(sampler, PCSampler) and sampler.norms == "batch":  # documented: ε uses batch-mean norms
+        assert not torch.allclose(together, alone, rtol=1e-3, atol=1e-3)
+        return
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(together, split, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(together[0], together[1])
@@ -349,6 +367,24 @@ def test_names_and_nfe():
     assert DPMSolverPP2MSampler().name == "dpmpp_2m-20" and DPMSolverPP2MSampler().nfe(1000) == 20
     assert DDPMSampler().nfe(1000) == 1000 and DDPMSampler(steps=100).name == "ddpm-100"
     assert LangevinSampler(10, 100).nfe(1000) == 1001 and PCSampler().nfe(1000) == 1999
+    assert LangevinSampler().nfe(1000) == 2001 and LangevinSampler().name == "langevin-20x100"
+
+
+def test_default_langevin_ladder_has_the_ncsn_ratio():
+    """20 levels on the linear T = 1000 schedule: σ_i/σ_{i+1} ≤ 1.668 (Song & Ermon), both ends the
+    schedule's σ range; ladder_levels gives the count for any σ range."""
+    from diffexp import schedules as S
+    from diffexp.samplers.langevin import NCSN_LEVEL_RATIO, ladder_levels
+
+    sched = S.linear(1000)
+    levels = torch.tensor(LangevinSampler().levels(sched), dtype=torch.float64)
+    lo, hi = sigma_range(sched)
+    assert len(levels) == 20 and math.isclose(levels[0], hi) and math.isclose(levels[-1], lo)
+    ratios = levels[:-1] / levels[1:]
+    assert (ratios <= NCSN_LEVEL_RATIO).all() and (ratios > 1.6).all()
+    assert ladder_levels(lo, hi) == 20 and ladder_levels(0.01, 1.0) == 10  # NCSN's CIFAR-10 ladder
+    n = ladder_levels(*sigma_range(S.cosine(1000)))
+    assert (sigma_range(S.cosine(1000))[1] / sigma_range(S.cosine(1000))[0]) ** (1 / (n - 1)) <= NCSN_LEVEL_RATIO
 
 
 def test_labels_guidance_and_generator_options():
@@ -381,6 +417,21 @@ def test_clip_denoised_uses_the_data_range():
         if not isinstance(sampler, LangevinSampler):  # (2x2 Langevin steps are far from converged)
             sampler.clip_denoised = False
             assert sampler(model, shape=(2,), seeds=range(8)).min() > 2.0
+
+
+@pytest.mark.parametrize("sampler,points,frames", [(HeunSampler(steps=16), 8, 8), (DDIMSampler(steps=10), 4, 5)],
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_trajectory_strip_stride_counts_steps_not_nfe(sampler, points, frames):
+    """The strip keeps every (steps // points)-th step: Heun-16 (31 NFE) gets its 8 frames (an NFE stride
+    of 3 gave 6), DDIM-10 with 4 points keeps steps 0, 2, 4, 6, 8."""
+    from diffexp.callbacks.sample import SampleCallback
+
+    cb = SampleCallback(sampler, trajectory=2, trajectory_points=points)
+    kept, steps = [], []
+    record = cb._trajectory_recorder(kept)
+    sampler(gaussian_model(), shape=(2,), num_samples=3, callback=lambda info: (steps.append(info.step), record(info)))
+    assert len(kept) == frames and all(x.shape == (2, 2) and x0.shape == (2, 2) for x, x0 in kept)
+    assert len(steps) == sampler.steps
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))

@@ -23,6 +23,22 @@ def test_linear_endpoints_and_rescaling():
     assert la == pytest.approx(-10.1, abs=0.15) and abs(la - la5) < 0.15
 
 
+@pytest.mark.parametrize("T", [1, 2, 5, 10, 19, 20, 25])
+def test_linear_short_schedules_stay_valid(T):
+    """T < 20 rescales β_T = 0.02·1000/T above 1; the rule clips at 0.999 (as cosine does), so every short
+    schedule is a valid process that ends near pure noise, and T ≥ 20 is the plain rescaled line."""
+    s = S.linear(T)
+    b = s.betas
+    assert s.T == T and bool(((b > 0) & (b <= 0.999)).all())
+    assert float(s.alphas_cumprod[-1]) <= 1e-3 + 1e-12  # ends (near) pure noise, as T = 1000 (ᾱ_T = 4e-5) does
+    if T > 1:
+        ref = torch.linspace(0.1 / T, 20.0 / T, T, dtype=torch.float64)
+        assert torch.equal(b, ref.clamp(max=0.999)) and (b.diff() >= 0).all()
+        assert torch.equal(b[ref <= 0.999], ref[ref <= 0.999])  # only the entries above 0.999 change
+    assert torch.isfinite(s.log_snr).all() and torch.isfinite(DiffusionProcess(s).reverse_log_variance(
+        torch.arange(T), b, "beta")).all()
+
+
 def test_cosine_matches_formula_and_clipping():
     T, sft = 1000, 0.008
     s = S.cosine(T)
@@ -92,7 +108,7 @@ def test_posterior_variance_and_clipped_log_variance_as_in_ddpm():
     p = DiffusionProcess(s)
     t = torch.arange(1000)
     large = p.reverse_log_variance(t, s.betas, "beta").numpy()
-    np.testing.assert_allclose(large, np.log(np.append(pv[1], b[1:])), rtol=1e-12)
+    np.testing.assert_allclose(large, np.log(b), rtol=1e-12)  # σ_t² = β_t for every t, σ_1² = β_1 (Ho et al.)
     small = p.reverse_log_variance(t, s.betas, "beta_tilde").numpy()
     assert np.isfinite(large).all() and np.isfinite(small).all() and (small <= large + 1e-12).all()
     with pytest.raises(ValueError, match="reverse variance"):

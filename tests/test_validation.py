@@ -71,6 +71,23 @@ def test_negative_or_zero_steps(tmp_path, overrides, needles):
     rejected(tmp_path, overrides, *needles)
 
 
+@pytest.mark.parametrize("sampler,option,value,valid", [
+    ("ddim", "spacing", "leading", "'uniform', 'quadratic', 'trailing'"),
+    ("ddpm", "variance", "large", "'beta', 'beta_tilde'"),
+    ("pc", "variance", "fixed", "'beta', 'beta_tilde'"),
+    ("pc", "spacing", "karras", "'uniform', 'quadratic', 'trailing'"),
+    ("pc", "norms", "mean", "'batch', 'sample', 'expected'"),
+    ("pc", "predictor", "euler", "'ancestral', 'ddim'"),
+    ("dpmpp_2m", "spacing", "uniform", "'karras', 'logsnr', 'time'"),
+    ("heun", "solver", "rk4", "'heun', 'euler'"),
+    ("heun", "rho", "-1", "positive"),
+    ("langevin", "num_levels", "0", "positive integer"),
+])
+def test_unknown_sampler_options_are_rejected_naming_the_key(tmp_path, sampler, option, value, valid):
+    """Caught at config validation (before the Trainer), not at the first sampling callback."""
+    rejected(tmp_path, [f"sampler={sampler}", f"sampler.{option}={value}"], f"sampler.{option}={value}", valid)
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm", "pc"])
 def test_sampler_steps_beyond_the_schedule(tmp_path, sampler):
     rejected(tmp_path, [f"sampler={sampler}", "sampler.steps=2000", "schedule.num_timesteps=1000"],

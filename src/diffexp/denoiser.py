@@ -4,7 +4,7 @@ This is what samplers, metrics and the likelihood evaluator receive: calling it 
 :class:`~diffexp.process.Prediction`, i.e. x̂_0, ε̂, v̂ and ŝ whatever the network was trained to output,
 so no sampler ever depends on the prediction target. Classifier-free guidance (Ho & Salimans 2022)
 also lives here, once, so every sampler can guide: the conditional and unconditional passes run as
-one batch and are combined in ε-space, ε̃ = ε_u + w (ε_c - ε_u).
+one batch and are combined as ε̃ = ε_u + w (ε_c - ε_u), with x̂_0 combined by the same weights.
 """
 
 from __future__ import annotations
@@ -63,10 +63,12 @@ class Denoiser:
         cond, uncond = out.chunk(2)
         p_c = self.process.predict(cond, x_t, t, self.prediction)
         p_u = self.process.predict(uncond, x_t, t, self.prediction)
+        # ε̃ = ε_u + w (ε_c - ε_u) is an affine combination (weights 1-w, w), and x̂_0 is affine in ε̂ at fixed
+        # x_t, so x̂_0 combines with the same weights: x̃_0 = x̂_0u + w (x̂_0c - x̂_0u). Combining both
+        # directly never divides by α, which is 0 at the last step of a zero-terminal-SNR schedule (where
+        # v- and x0-predictions still give a finite x̂_0).
+        x0 = p_u.x0 + guidance_scale * (p_c.x0 - p_u.x0)
+        if clip is not None:  # clamp x̃_0 and recompute ε̃ from it through the process algebra
+            return self.process.predict(x0, x_t, t, "x0", clip=clip)
         eps = p_u.eps + guidance_scale * (p_c.eps - p_u.eps)
-        a, s = p_c.signal_scale, p_c.noise_scale
-        guided = Prediction(x0=(x_t - s * eps) / a, eps=eps, x_t=x_t, signal_scale=a, noise_scale=s)
-        if clip is not None:
-            x0 = guided.x0.clamp(*clip)
-            guided = Prediction(x0=x0, eps=(x_t - a * x0) / s, x_t=x_t, signal_scale=a, noise_scale=s)
-        return guided
+        return Prediction(x0=x0, eps=eps, x_t=x_t, signal_scale=p_c.signal_scale, noise_scale=p_c.noise_scale)

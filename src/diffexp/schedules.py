@@ -113,11 +113,17 @@ class NoiseSchedule:
 # ---- schedule families ----------------------------------------------------------------------
 
 
-def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02, max_beta: float = 0.999) -> Tensor:
     """Ho et al.'s linear β from 1e-4 to 0.02 at T=1000; rescaled by 1000/T for other T so the
-    process ends at the same ᾱ_T (as in improved-diffusion)."""
+    process ends at about the same ᾱ_T (as in improved-diffusion), and clipped at ``max_beta`` as the
+    cosine schedule is (Nichol & Dhariwal eq. 17): for T < 20 the rescaled β_T = 20/T would exceed 1,
+    so the last steps take β = 0.999 and the process still ends in (near) pure noise. T = 1 takes the
+    end value, β_1 = min(β_end·1000, max_beta): a one-step process goes straight to noise."""
     scale = 1000.0 / num_timesteps
-    return torch.linspace(beta_start * scale, beta_end * scale, num_timesteps, dtype=torch.float64)
+    if num_timesteps == 1:
+        return torch.tensor([min(beta_end * scale, max_beta)], dtype=torch.float64)
+    betas = torch.linspace(beta_start * scale, beta_end * scale, num_timesteps, dtype=torch.float64)
+    return betas.clamp(max=max_beta)
 
 
 def _betas_from_alpha_bar(alpha_bar, num_timesteps: int, max_beta: float) -> Tensor:

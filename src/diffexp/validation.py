@@ -23,6 +23,7 @@ import inspect
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -122,19 +123,10 @@ def _sampler_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     return nodes
 
 
-def _check_discrete_grid(sampler, T: int) -> None:
-    """Samplers that step along the schedule's own timesteps (DDIM, DDPM, PC) need steps <= T; the grid
-    function raises a ValueError saying so (continuous-σ samplers such as Heun/DPM-Solver++ are not bound)."""
-    from diffexp.samplers import DDIMSampler, DDPMSampler, PCSampler
-    from diffexp.samplers.base import timesteps
-
-    steps = getattr(sampler, "steps", None)
-    if isinstance(sampler, (DDIMSampler, DDPMSampler, PCSampler)) and steps is not None:
-        spacing = getattr(sampler, "spacing", "uniform")
-        timesteps(T, int(steps), spacing if spacing in ("uniform", "quadratic", "trailing") else "uniform")
-
-
-def _check_samplers(cfg: DictConfig, T: int | None, errors: list[str]) -> None:
+def _check_samplers(cfg: DictConfig, process, errors: list[str]) -> None:
+    """Instantiate every configured sampler (its ``__init__`` rejects unknown option values) and ask it
+    whether it can run on ``process`` (``Sampler.check``, e.g. steps <= T for the index-based samplers)."""
+    T = process.num_timesteps if process is not None else None
     seen = set()
     for key, node in _sampler_nodes(cfg):
         ident = OmegaConf.to_yaml(node)
@@ -146,13 +138,20 @@ def _check_samplers(cfg: DictConfig, T: int | None, errors: list[str]) -> None:
             errors.append(f"{key}.steps={steps}: must be a positive integer")
             continue
         try:
-            sampler = instantiate(node)
-            if T is not None:
+            try:
+                sampler = instantiate(node)
+            except InstantiationException as wrapped:  # Hydra wraps what the sampler's __init__ raised
+                cause = wrapped.__cause__
+                raise (cause if isinstance(cause, (ValueError, TypeError)) else wrapped) from None
+            if process is not None:
+                sampler.check(process)
                 sampler.nfe(T)
-                _check_discrete_grid(sampler, T)
         except (ValueError, TypeError) as e:
-            where = f"{key}.steps={steps}" if steps is not None else f"{key} ({node.get('_target_', '?')})"
-            detail = f" with schedule.num_timesteps={T}" if T is not None else ""
+            option = getattr(e, "option", None)
+            if option is None and steps is not None and "steps" in str(e):
+                option = "steps"
+            where = f"{key}.{option}={node.get(option)}" if option else f"{key} ({node.get('_target_', '?')})"
+            detail = f" with schedule.num_timesteps={T}" if T is not None and option == "steps" else ""
             errors.append(f"{where}{detail}: {e}")
 
 
@@ -213,21 +212,20 @@ def _check_precision(cfg: DictConfig, errors: list[str]) -> None:
 
 def validate_config(cfg: DictConfig, datamodule=None) -> None:
     """Raise :class:`ConfigError` listing every problem of ``cfg`` (see the module docstring)."""
-    from diffexp.process import PREDICTION_TARGETS
+    from diffexp.process import PREDICTION_TARGETS, DiffusionProcess
 
     errors: list[str] = []
     prediction = cfg.get("prediction")
     if prediction not in PREDICTION_TARGETS:
         errors.append(f"prediction={prediction}: unknown prediction target; valid: {list(PREDICTION_TARGETS)}")
     _check_steps(cfg, errors)
-    schedule, T = None, None
+    schedule = None
     if isinstance(cfg.get("schedule"), DictConfig) and not any(e.startswith("schedule.") for e in errors):
         try:
             schedule = instantiate(cfg.schedule)
-            T = int(schedule.num_timesteps)
         except (ValueError, TypeError) as e:
             errors.append(f"schedule ({cfg.schedule.get('_target_', '?')}): {e}")
-    _check_samplers(cfg, T, errors)
+    _check_samplers(cfg, DiffusionProcess(schedule) if schedule is not None else None, errors)
     _check_objective(cfg, schedule, errors)
     _check_conditioning(cfg, datamodule, errors)
     _check_precision(cfg, errors)

@@ -71,7 +71,7 @@ class SampleCallback(PeriodicCallback):
         n = len(y) if y is not None else self.num_samples
         seeds = list(range(self.seed, self.seed + n))
         frames: list[tuple[torch.Tensor, torch.Tensor]] = []
-        callback = self._trajectory_recorder(frames, self.sampler.nfe(pl_module.schedule.num_timesteps)) if self.trajectory and len(shape) == 3 else None
+        callback = self._trajectory_recorder(frames) if self.trajectory and len(shape) == 3 else None
         was_training = pl_module.training
         pl_module.eval()
         try:
@@ -89,14 +89,14 @@ class SampleCallback(PeriodicCallback):
             self.last_paths.append(save_png(strip, self._out_dir(trainer) / f"{stem}_trajectory_step{step:07d}.png"))
             log_image(trainer, f"{key}/trajectory", strip, step)
 
-    def _trajectory_recorder(self, frames, total_steps: int):
-        state = {"i": 0}
-        stride = max(1, total_steps // self.trajectory_points)
+    def _trajectory_recorder(self, frames):
+        """Keep about ``trajectory_points`` frames at evenly spaced sampler steps. The stride comes from the
+        number of steps the sampler reports (``StepInfo.num_steps``), not from its NFE: Heun's second
+        evaluation is not a step, so an NFE stride would give it half the frames."""
 
         def record(info):
-            i = state["i"]
-            state["i"] += 1
-            if i % stride == 0:
+            stride = max(1, info.num_steps // self.trajectory_points)
+            if info.step % stride == 0:
                 frames.append((info.x_t[: self.trajectory].detach().cpu(), info.x0_hat[: self.trajectory].detach().cpu()))
 
         return record

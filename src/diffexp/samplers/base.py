@@ -122,6 +122,11 @@ class Sampler:
         """Network function evaluations per sample (a guided evaluation counts once)."""
         raise NotImplementedError
 
+    def check(self, process) -> None:
+        """Raise a ValueError naming the option and its valid values if this sampler cannot run on
+        ``process`` as configured (e.g. more steps than the schedule has). Called by config validation
+        before any work starts; options that do not depend on the process are checked in ``__init__``."""
+
     @property
     def name(self) -> str:
         raise NotImplementedError
@@ -180,6 +185,40 @@ def _module_device(net) -> torch.device:
 def report(callback, step, t, sigma, x_t, x0, num_steps):
     if callback is not None:
         callback(StepInfo(step=step, t=float(t), sigma=float(sigma), x_t=x_t, x0_hat=x0, num_steps=num_steps))
+
+
+class OptionError(ValueError):
+    """A sampler option with a value the sampler cannot use; ``option`` names it (config validation
+    reports it as ``sampler.<option>=<value>``)."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
+
+
+def check_choice(option: str, value, valid: Sequence) -> None:
+    """Raise an :class:`OptionError` naming ``option``, the bad ``value`` and the valid ones."""
+    if value not in valid:
+        raise OptionError(option, f"unknown {option} {value!r}; valid: {list(valid)}")
+
+
+def check_positive(option: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise OptionError(option, f"{option} must be a positive number, got {value!r}")
+
+
+def check_positive_int(option: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise OptionError(option, f"{option} must be a positive integer, got {value!r}")
+
+
+def check_discrete_steps(process, steps: int | None, spacing: str = "uniform") -> None:
+    """Samplers that step along the schedule's own timesteps need 1 <= steps <= T."""
+    if steps is not None:
+        try:
+            timesteps(process.num_timesteps, steps, spacing)
+        except ValueError as e:
+            raise OptionError("steps", str(e)) from None
 
 
 # ---- grids -------------------------------------------------------------------------------------------

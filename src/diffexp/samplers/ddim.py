@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from diffexp.samplers.base import Sampler, report, timesteps
+from diffexp.samplers.base import OptionError, Sampler, check_choice, check_discrete_steps, report, timesteps
 
 
 def ddim_step(x0, eps, ab_prev: float, ab: float, eta: float, noise, x):
@@ -25,8 +25,12 @@ class DDIMSampler(Sampler):
     def __init__(self, steps: int = 50, eta: float = 0.0, spacing: str = "uniform", clip_denoised: bool = True):
         super().__init__(clip_denoised)
         if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must lie in [0, 1], got {eta}")
+            raise OptionError("eta", f"eta must lie in [0, 1], got {eta}")
+        check_choice("spacing", spacing, ("uniform", "quadratic", "trailing"))
         self.steps, self.eta, self.spacing = steps, eta, spacing
+
+    def check(self, process) -> None:
+        check_discrete_steps(process, self.steps, self.spacing)
 
     def nfe(self, num_timesteps: int) -> int:
         return self.steps

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from diffexp.process import DiffusionProcess
-from diffexp.samplers.base import Sampler, report, timesteps
+from diffexp.samplers.base import Sampler, check_choice, check_discrete_steps, report, timesteps
 
 
 def ddpm_step(process: DiffusionProcess, k: int, x, x0, noise, variance: str):
@@ -30,9 +30,11 @@ class DDPMSampler(Sampler):
 
     def __init__(self, steps: int | None = None, variance: str = "beta", clip_denoised: bool = True):
         super().__init__(clip_denoised)
-        if variance not in ("beta", "beta_tilde"):
-            raise ValueError(f"unknown variance {variance!r}; valid: ['beta', 'beta_tilde']")
+        check_choice("variance", variance, ("beta", "beta_tilde"))
         self.steps, self.variance = steps, variance
+
+    def check(self, process) -> None:
+        check_discrete_steps(process, self.steps)
 
     def nfe(self, num_timesteps: int) -> int:
         return self.steps or num_timesteps

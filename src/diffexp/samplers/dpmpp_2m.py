@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import math
 
-from diffexp.samplers.base import Sampler, karras_sigmas, loglinear_sigmas, report, sigma_range, time_sigmas
+from diffexp.samplers.base import (
+    Sampler,
+    check_choice,
+    check_positive,
+    karras_sigmas,
+    loglinear_sigmas,
+    report,
+    sigma_range,
+    time_sigmas,
+)
 
 
 class DPMSolverPP2MSampler(Sampler):
@@ -20,8 +29,8 @@ class DPMSolverPP2MSampler(Sampler):
 
     def __init__(self, steps: int = 20, spacing: str = "karras", rho: float = 7.0, clip_denoised: bool = True):
         super().__init__(clip_denoised)
-        if spacing not in ("karras", "logsnr", "time"):
-            raise ValueError(f"unknown spacing {spacing!r}; valid: ['karras', 'logsnr', 'time']")
+        check_choice("spacing", spacing, ("karras", "logsnr", "time"))
+        check_positive("rho", rho)
         self.steps, self.spacing, self.rho = steps, spacing, rho
 
     def nfe(self, num_timesteps: int) -> int:

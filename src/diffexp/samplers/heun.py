@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffexp.samplers.base import Sampler, karras_sigmas, report, sigma_range
+from diffexp.samplers.base import Sampler, check_choice, check_positive, karras_sigmas, report, sigma_range
 
 
 class HeunSampler(Sampler):
@@ -14,8 +14,8 @@ class HeunSampler(Sampler):
 
     def __init__(self, steps: int = 18, solver: str = "heun", rho: float = 7.0, clip_denoised: bool = True):
         super().__init__(clip_denoised)
-        if solver not in ("heun", "euler"):
-            raise ValueError(f"unknown solver {solver!r}; valid: ['heun', 'euler']")
+        check_choice("solver", solver, ("heun", "euler"))
+        check_positive("rho", rho)
         self.steps, self.solver, self.rho = steps, solver, rho
 
     def nfe(self, num_timesteps: int) -> int:
