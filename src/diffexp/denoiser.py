@@ -9,6 +9,8 @@ one batch and are combined as ε̃ = ε_u + w (ε_c - ε_u), with x̂_0 combined
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, nn
 
@@ -71,4 +73,4 @@ class Denoiser:
         if clip is not None:  # clamp x̃_0 and recompute ε̃ from it through the process algebra
             return self.process.predict(x0, x_t, t, "x0", clip=clip)
         eps = p_u.eps + guidance_scale * (p_c.eps - p_u.eps)
-        return Prediction(x0=x0, eps=eps, x_t=x_t, signal_scale=p_c.signal_scale, noise_scale=p_c.noise_scale)
+        return dataclasses.replace(p_c, x0=x0, eps=eps)  # x_t and the process coefficients as p_c

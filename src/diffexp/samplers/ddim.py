@@ -30,6 +30,7 @@ class DDIMSampler(Sampler):
         self.steps, self.eta, self.spacing = steps, eta, spacing
 
     def check(self, process) -> None:
+        super().check(process)
         check_discrete_steps(process, self.steps, self.spacing)
 
     def nfe(self, num_timesteps: int) -> int:

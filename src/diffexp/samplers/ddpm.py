@@ -34,6 +34,7 @@ class DDPMSampler(Sampler):
         self.steps, self.variance = steps, variance
 
     def check(self, process) -> None:
+        super().check(process)
         check_discrete_steps(process, self.steps)
 
     def nfe(self, num_timesteps: int) -> int:

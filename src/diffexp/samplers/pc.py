@@ -74,6 +74,7 @@ class PCSampler(Sampler):
         self.eta, self.variance, self.spacing = eta, variance, spacing
 
     def check(self, process) -> None:
+        super().check(process)
         check_discrete_steps(process, self.steps, self.spacing)
 
     def nfe(self, num_timesteps: int) -> int:
