@@ -52,7 +52,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from diffexp.atomic import atomic_write_json  # noqa: E402
-from diffexp.build import load_module  # noqa: E402
+from diffexp.interop.pretrained import load_model  # noqa: E402
 from diffexp.metrics import compute_metrics  # noqa: E402
 from diffexp.metrics.nll import evaluate_nll, nll_examples, nll_keys, write_per_t_csv  # noqa: E402
 from diffexp.metrics.provenance import (  # noqa: E402
@@ -123,14 +123,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"metrics={metrics}: unknown {unknown}; choose from {list(ALL_METRICS)}")
     device = pick_device(cfg.device)
     torch.manual_seed(int(cfg.seed))
-    module = load_module(cfg.ckpt_path, map_location=device).to(device)
+    module = load_model(cfg.ckpt_path, cfg.get("pretrained"), map_location=device).to(device)  # or pretrained=DIR
     info = module.checkpoint_info
     weights = "ema" if (cfg.ema and module.uses_ema) else "raw"
     dm = _datamodule(cfg, module)
     T = module.schedule.num_timesteps
     hinfo = _hydra_info()
     record: dict[str, Any] = {
-        "checkpoint": str(Path(cfg.ckpt_path).resolve()), "global_step": info["global_step"], "epoch": info["epoch"],
+        "checkpoint": str(Path(info["path"]).resolve()), "pretrained": bool(info.get("pretrained", False)),
+        "global_step": info["global_step"], "epoch": info["epoch"],
         "weights": weights, "ema": weights == "ema", "data": dm.name, "data_shape": list(dm.data_shape),
         "num_timesteps": T, "prediction": module.prediction, "metrics_requested": metrics, "device": str(device),
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),

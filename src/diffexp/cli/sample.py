@@ -21,8 +21,8 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from diffexp.build import load_module  # noqa: E402
 from diffexp.images import samples_to_image, save_png, to_uint8  # noqa: E402
+from diffexp.interop.pretrained import load_model  # noqa: E402
 
 
 def pick_device(name: str) -> torch.device:
@@ -51,7 +51,8 @@ def sample(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    module = load_module(cfg.ckpt_path, map_location=device).to(device)
+    # ckpt_path=CKPT, or pretrained=DIR: a local diffusers pipeline folder or a diffexp export (diffexp.interop)
+    module = load_model(cfg.ckpt_path, cfg.get("pretrained"), map_location=device).to(device)
     sampler = instantiate(cfg.sampler)
     T = module.schedule.num_timesteps
     nfe = sampler.nfe(T)
@@ -75,7 +76,8 @@ def sample(cfg: DictConfig) -> dict:
     grid = samples_to_image(x[: cfg.grid_size], module.data_range, title=f"{sampler.name}")
     save_png(grid, out_dir / "grid.png")
     record = {
-        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "checkpoint": str(Path(module.checkpoint_info["path"]).resolve()),
+        "pretrained": bool(module.checkpoint_info.get("pretrained", False)),
         "global_step": module.checkpoint_info["global_step"],
         "weights": "ema" if (cfg.ema and module.uses_ema) else "raw",
         "sampler": sampler.name,
