@@ -183,7 +183,7 @@ def test_ddim_linspace_difference_is_diffusers_previous_timestep():
 def _karras(schedule, steps):
     """diffexp's Karras grid and the fractional timesteps the network sees, float64."""
     sig = karras_sigmas(steps, *sigma_range(schedule))
-    ts = [float(DiffusionProcess(schedule).sigma_to_t(s)) for s in sig[:-1]]
+    ts = [float(DiffusionProcess(schedule).t_of_sigma(s)) for s in sig[:-1]]
     return sig, ts
 
 
