@@ -209,6 +209,23 @@ def test_exported_pipeline_loads_offline_and_samples_like_diffexp(unet_ckpt, tmp
         export_checkpoint(unet_ckpt, out, format="diffusers")
 
 
+def test_export_cli_raw_weights_and_roundtrip_through_pretrained(unet_ckpt, tmp_path):
+    """export.py (the Hydra CLI) with ema=false writes the raw weights; pretrained=DIR reads the pipeline
+    back with the checkpoint's process, target and data facts (from diffexp.json)."""
+    from diffexp.cli.export import export
+
+    out = tmp_path / "raw"
+    record = export(compose("export", [f"ckpt_path={unet_ckpt}", f"out={out}", "ema=false", "variance=beta_tilde"],
+                            tmp_path))
+    assert record["weights"] == "raw" and record["component"] == "unet"
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["variance_type"] == "fixed_small"
+    module, back = load_model(str(unet_ckpt)), load_pretrained(out)
+    assert all(torch.equal(back.net.unet.state_dict()[k], v) for k, v in module.net.unet.state_dict().items())
+    assert torch.equal(back.schedule.alphas_cumprod, module.schedule.alphas_cumprod)  # float64 round trip, exact
+    assert back.prediction == module.prediction and back.data_shape == module.data_shape
+    assert back.config["data"] == module.config["data"]  # evaluate.py finds its reference data without data=
+
+
 def test_sample_and_evaluate_cli_read_a_diffusers_pipeline(unet_ckpt, tmp_path):
     """pretrained=DIR: a pipeline saved by diffusers itself (a DDIMScheduler, v-prediction, scaled_linear,
     trailing spacing) becomes a diffexp model: the mapped process, every sampler, the sample and evaluate
