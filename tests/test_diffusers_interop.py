@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import compose
+from conftest import REPO, compose
+from diffexp import launch
 from diffexp.cli.evaluate import evaluate
 from diffexp.cli.sample import sample
 from diffexp.cli.train import train
@@ -164,6 +168,26 @@ def test_diffusers_networks_train_conditional_with_every_part(model, tmp_path):
     assert module.uses_ema and module.num_classes == 10
     x = DDIMSampler(steps=3)(module.denoiser(), shape=(1, 8, 8), seeds=[0, 1], y=torch.tensor([3, 4]), guidance_scale=2.0)
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+
+
+@pytest.mark.slow  # ~110 s on the loaded 2-core machine (two processes importing torch, Lightning, diffusers)
+@pytest.mark.ddp
+def test_diffusers_unet_trains_under_ddp(tmp_path):
+    """Two gloo ranks on CPU (train.py, trainer.devices=2): the run ends cleanly with one checkpoint whose
+    EMA was updated once per optimizer step, and it loads as a diffusers model (the ranks' weights being
+    identical is tested for every network in test_ddp.py)."""
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
+    for key in (*launch.DDP_ENV_VARS, "DIFFEXP_LOGS", "DIFFEXP_RUN_ID"):
+        env.pop(key, None)
+    overrides = [o for o in TRAIN + TINY_UNET if o != "trainer.max_steps=4"] + [
+        "trainer.max_steps=2", "trainer.accelerator=cpu", "trainer.devices=2", "lr_scheduler=none",
+        f"paths.log_dir={tmp_path}"]
+    proc = subprocess.run([sys.executable, "train.py", *overrides], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (ckpt,) = list(tmp_path.rglob("last.ckpt"))
+    module = load_model(str(ckpt))
+    assert int(module.ema.num_updates) == 2 and isinstance(module.net, DiffusersUNet)
 
 
 # ---- export and import ---------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from diffexp.atomic import atomic_write, atomic_write_json, atomic_write_text
 from diffexp.interop.pretrained import EXPORT_RECORD
 from diffexp.interop.schedulers import to_scheduler_config
 from diffexp.validation import ConfigError
@@ -120,19 +121,20 @@ def _export_diffusers(module, net, record, clip, variance, out: Path) -> None:
         model.save_pretrained(str(out / component), safe_serialization=True)
         scheduler.save_pretrained(str(out / "scheduler"))
     record["component"] = component
-    (out / EXPORT_RECORD).write_text(json.dumps(record, indent=2, default=str))
+    atomic_write_json(out / EXPORT_RECORD, record, default=str)  # last: a folder holding it is complete
 
 
 def _export_safetensors(module, net, record, clip, variance, out: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "weights": record["weights"]})
+    blob = save(state, metadata={"format": "pt", "weights": record["weights"]})
+    atomic_write(out / "model.safetensors", lambda f: f.write(blob))
     if module.prediction != "score" and len(module.data_shape) == 3:
-        sched = to_scheduler_config(module.schedule, module.prediction, clip, variance)
-        (out / "scheduler_config.json").write_text(json.dumps(sched, indent=2))
-    (out / EXPORT_RECORD).write_text(json.dumps(record, indent=2, default=str))
-    (out / "load.py").write_text(LOADER)
+        atomic_write_json(out / "scheduler_config.json", to_scheduler_config(module.schedule, module.prediction, clip,
+                                                                             variance))
+    atomic_write_text(out / "load.py", LOADER)
+    atomic_write_json(out / EXPORT_RECORD, record, default=str)  # last: a folder holding it is complete
 
 
 def load_exported(path: str | os.PathLike, map_location="cpu"):
