@@ -2,6 +2,7 @@
 ``sampler(denoiser, shape=..., seeds=...)``; see :mod:`diffexp.samplers.base` for the protocol."""
 
 from diffexp.samplers.base import BoundDenoiser, NoiseSource, Sampler, StepInfo, karras_sigmas, timesteps
+from diffexp.samplers.adaptive import AdaptiveODESampler
 from diffexp.samplers.ddim import DDIMSampler
 from diffexp.samplers.ddpm import DDPMSampler
 from diffexp.samplers.dpmpp_2m import DPMSolverPP2MSampler
@@ -16,6 +17,7 @@ SAMPLERS = {
     "pc": PCSampler,
     "heun": HeunSampler,
     "dpmpp_2m": DPMSolverPP2MSampler,
+    "adaptive": AdaptiveODESampler,
 }
 
 __all__ = [
@@ -32,4 +34,5 @@ __all__ = [
     "PCSampler",
     "HeunSampler",
     "DPMSolverPP2MSampler",
+    "AdaptiveODESampler",
 ]
