@@ -320,6 +320,8 @@ def test_adaptive_ode_solver_meets_its_tolerance_and_reports_its_nfe():
         errors.append(float((x - exact).norm(dim=1).max()))
         nfes.append(net.calls)
     assert errors[1] < errors[0] / 30 and errors[1] < 1e-3 and nfes[1] > nfes[0], (errors, nfes)
+    sampler(gaussian_model(), x_T=x_T[:10])  # a second call: nfe() is the mean over calls
+    assert sampler.nfe(0) == round((nfes[1] + sampler.last_nfe) / 2)
     with pytest.raises(ValueError, match="method"):
         AdaptiveODESampler(method="rk4")
     assert AdaptiveODESampler().name == "ode-dopri5-tol1e-05"

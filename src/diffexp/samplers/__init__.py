@@ -1,8 +1,8 @@
 """Samplers (config group ``sampler``). Each is a small class called as
 ``sampler(denoiser, shape=..., seeds=...)``; see :mod:`diffexp.samplers.base` for the protocol."""
 
-from diffexp.samplers.base import BoundDenoiser, NoiseSource, Sampler, StepInfo, karras_sigmas, timesteps
 from diffexp.samplers.adaptive import AdaptiveODESampler
+from diffexp.samplers.base import BoundDenoiser, NoiseSource, Sampler, StepInfo, karras_sigmas, timesteps
 from diffexp.samplers.ddim import DDIMSampler
 from diffexp.samplers.ddpm import DDPMSampler
 from diffexp.samplers.dpmpp_2m import DPMSolverPP2MSampler

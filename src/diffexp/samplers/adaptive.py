@@ -38,8 +38,8 @@ class AdaptiveODESampler(Sampler):
     integrated in s = log σ from σ_max down to σ_min of the process (the log-σ variable keeps the right-hand
     side O(|x̃|) over five decades of σ), then x̂_0 = D(x̃; σ_min) is returned (one more evaluation).
     ``rtol``/``atol``: the solver's error tolerances per element. The number of network evaluations is
-    decided by the solver; ``last_nfe`` holds it after a call, and :meth:`nfe` returns it (0 before the
-    first call). The step-size control uses the error norm of the whole batch, so (as in score_sde) a
+    decided by the solver; ``last_nfe`` holds it after a call, and :meth:`nfe` returns the mean over the
+    calls so far (0 before the first call). The step-size control uses the error norm of the whole batch, so (as in score_sde) a
     sample depends on the other samples of its batch through the chosen steps, within the tolerance.
     The per-step ``callback`` sees only the final evaluation: the solver's stages are internal to it."""
 
@@ -49,11 +49,12 @@ class AdaptiveODESampler(Sampler):
         check_positive("atol", atol)
         check_choice("method", method, METHODS)
         self.rtol, self.atol, self.method = float(rtol), float(atol), method
-        self.last_nfe = 0
+        self.last_nfe, self._nfe_sum, self._calls = 0, 0, 0
 
     def nfe(self, num_timesteps) -> int:
-        """The evaluations of the last call (adaptive: not known in advance; 0 before the first call)."""
-        return self.last_nfe
+        """Evaluations per sample, averaged over the calls so far (adaptive: not known in advance; 0 before
+        the first call)."""
+        return round(self._nfe_sum / self._calls) if self._calls else 0
 
     @property
     def name(self) -> str:
@@ -77,5 +78,6 @@ class AdaptiveODESampler(Sampler):
         x = odeint(rhs, x, span.to(x.device), rtol=self.rtol, atol=self.atol, method=self.method)[-1]
         pred, x_t, t = model.denoise_ve(x, sigma_min)
         self.last_nfe = calls[0] + 1
+        self._nfe_sum, self._calls = self._nfe_sum + self.last_nfe, self._calls + 1
         report(callback, 0, t, sigma_min, x_t, pred.x0, 1)
         return pred.x0
