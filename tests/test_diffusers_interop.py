@@ -113,7 +113,7 @@ def test_exported_scheduler_config_describes_the_same_process(schedule):
 @pytest.mark.parametrize("field,value", [("beta_schedule", "exp"), ("prediction_type", "flow_prediction"),
                                          ("variance_type", "learned_range"), ("timestep_spacing", "uniform"),
                                          ("timestep_type", "continuous"), ("clip_sample_range", 2.0),
-                                         ("num_train_timesteps", 0)])
+                                         ("num_train_timesteps", 0), ("_class_name", "FlowMatchEulerDiscreteScheduler")])
 def test_unsupported_scheduler_settings_name_the_field(field, value):
     cfg = {"num_train_timesteps": 100, "clip_sample": True, field: value}
     with pytest.raises(ConfigError, match=field):
@@ -168,6 +168,17 @@ def test_diffusers_networks_train_conditional_with_every_part(model, tmp_path):
     assert module.uses_ema and module.num_classes == 10
     x = DDIMSampler(steps=3)(module.denoiser(), shape=(1, 8, 8), seeds=[0, 1], y=torch.tensor([3, 4]), guidance_scale=2.0)
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+    # exported (unet/ or transformer/ + scheduler/, each loadable by diffusers) and read back, classes included
+    out = tmp_path / "exported"
+    export_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", out, format="diffusers")
+    component, cls = ("unet", diffusers.UNet2DModel) if model == "unet" else ("transformer", diffusers.DiTTransformer2DModel)
+    assert (out / component / "diffusion_pytorch_model.safetensors").is_file()
+    assert isinstance(cls.from_pretrained(str(out), subfolder=component, local_files_only=True), cls)
+    back = load_pretrained(out)
+    assert back.num_classes == 10 and back.prediction == "v"
+    xt, t, y = torch.randn(3, 1, 8, 8), torch.tensor([1, 20, 49]), torch.tensor([0, 9, 10])  # 10: the null label
+    with torch.no_grad():
+        assert torch.equal(back.net(xt, t, y=y), module.ema.net(xt, t, y=y))
 
 
 @pytest.mark.slow  # ~110 s on the loaded 2-core machine (two processes importing torch, Lightning, diffusers)

@@ -40,6 +40,16 @@ PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 DIFFEXP_TO_PREDICTION_TYPE = {v: k for k, v in PREDICTION_TYPES.items()}
 # diffusers timestep_spacing -> diffexp sampler spacing (None: no diffexp equivalent)
 SPACINGS = {"linspace": "uniform", "trailing": "trailing", "leading": None}
+# Schedulers whose config describes the discrete DDPM process by the fields above (diffusers'
+# KarrasDiffusionSchedulers less EDMEulerScheduler, plus the consistency/parallel variants); any other class
+# (flow matching, score-SDE VE, EDM) describes another process and is refused by name.
+DDPM_FAMILY_SCHEDULERS = (
+    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler", "UniPCMultistepScheduler", "DPMSolverSDEScheduler", "DDPMParallelScheduler",
+    "DDIMParallelScheduler", "LCMScheduler", "TCDScheduler",
+)
 # DDPMScheduler.variance_type -> DDPMSampler.variance; "learned*" need a network with 2C outputs
 VARIANCE_TYPES = {"fixed_small": "beta_tilde", "fixed_small_log": "beta_tilde", "fixed_large": "beta",
                   "fixed_large_log": "beta"}
@@ -99,10 +109,15 @@ def from_scheduler_config(cfg: dict[str, Any], source: str = "scheduler config")
     """Translate a diffusers scheduler config (a dict, as in ``scheduler_config.json``) to diffexp.
 
     Process fields map exactly; settings that would change what the network means or that diffexp cannot
-    reproduce raise :class:`ConfigError` naming the field: an unknown ``beta_schedule`` or
-    ``prediction_type``, learned variances (``variance_type: learned|learned_range``: the network outputs
-    2C channels), continuous / flow-matching timesteps, and ``clip_sample_range`` other than 1 (diffexp clips
-    x̂_0 to the data range [-1, 1])."""
+    reproduce raise :class:`ConfigError` naming the field: a scheduler class outside the DDPM family
+    (``_class_name``), an unknown ``beta_schedule`` or ``prediction_type``, learned variances
+    (``variance_type: learned|learned_range``: the network outputs 2C channels), continuous / flow-matching
+    timesteps, and ``clip_sample_range`` other than 1 (diffexp clips x̂_0 to the data range [-1, 1])."""
+    cls = cfg.get("_class_name")
+    if cls is not None and cls not in DDPM_FAMILY_SCHEDULERS:
+        raise _err(source, "_class_name", cls, "a DDPM-family scheduler, e.g. DDPMScheduler, DDIMScheduler, "
+                   "EulerDiscreteScheduler, DPMSolverMultistepScheduler",
+                   "Other schedulers (flow matching, score-SDE VE, EDM) describe another process")
     pt = cfg.get("prediction_type", "epsilon")
     if pt not in PREDICTION_TYPES:
         raise _err(source, "prediction_type", pt, list(PREDICTION_TYPES))
