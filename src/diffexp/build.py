@@ -23,11 +23,14 @@ __all__ = ["CheckpointError", "ConfigError", "build_module", "build_net", "data_
 
 
 def data_info(datamodule) -> dict[str, Any]:
-    return {
+    info = {
         "data_shape": list(datamodule.data_shape),
         "num_classes": getattr(datamodule, "num_classes", None),
         "data_range": list(datamodule.data_range) if getattr(datamodule, "data_range", None) is not None else None,
     }
+    if getattr(datamodule, "autoencoder", None) is not None:  # latent data: the first stage it was encoded with
+        info["autoencoder"] = datamodule.autoencoder
+    return info
 
 
 def resolve_num_classes(cfg: DictConfig, dataset_classes: int | None) -> int | None:
@@ -110,7 +113,7 @@ def build_module(cfg: DictConfig, info: dict[str, Any]) -> DiffusionModule:
     optimizer = instantiate(cfg.optimizer) if "optimizer" in cfg else None
     lr_scheduler = _instantiate_checked(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
     data_range = info.get("data_range")
-    return DiffusionModule(
+    module = DiffusionModule(
         net=net,
         schedule=schedule,
         objective=objective,
@@ -124,6 +127,11 @@ def build_module(cfg: DictConfig, info: dict[str, Any]) -> DiffusionModule:
         config=OmegaConf.to_container(cfg, resolve=True),
         **module_cfg,
     )
+    if cfg.get("latent") or cfg.get("latent_autoencoder"):  # latent diffusion: a frozen first stage decodes samples
+        from diffexp.latent import attach_autoencoder
+
+        attach_autoencoder(module, cfg, info.get("autoencoder"))
+    return module
 
 
 def load_module(path: str | os.PathLike, map_location="cpu") -> DiffusionModule:

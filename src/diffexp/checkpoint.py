@@ -120,7 +120,7 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
 # process and target: these keys must be equal (whole sub-trees for model and schedule). Everything else
 # (optimizer, lr, max_steps, callbacks, logging, ...) may change on resume, e.g. to extend a run.
 COMPATIBILITY_KEYS = ("model", "schedule", "prediction", "conditional", "objective._target_",
-                      "objective.timestep_sampler")
+                      "objective.timestep_sampler", "latent_autoencoder.hash")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

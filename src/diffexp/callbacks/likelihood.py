@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from diffexp.atomic import atomic_write_json
 from diffexp.callbacks.periodic import PeriodicCallback
 from diffexp.callbacks.report import log_provenance, log_values
+from diffexp.latent import label_latent_nll
 from diffexp.metrics.nll import evaluate_nll, nll_examples, nll_keys, write_per_t_csv
 from diffexp.metrics.provenance import jsonable
 
@@ -86,6 +87,7 @@ class NLLCallback(PeriodicCallback):
                                   device=pl_module.device)
         finally:
             pl_module.train(was_training)
+        label_latent_nll(result, pl_module)  # latent diffusion: a bound on the latents, keyed latent-continuous
         result.update(step=step, split=self.used_split, weights=weights, ema=weights == "ema", seed=self.seed,
                       time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         values = nll_keys(result, self.used_split, weights)

@@ -46,6 +46,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from diffexp.atomic import atomic_write_json
 from diffexp.callbacks.periodic import PeriodicCallback
 from diffexp.callbacks.report import barrier, log_provenance, log_values
+from diffexp.latent import image_range, to_images
 from diffexp.metrics import FeatureExtractor, FeatureStats, compute_metrics
 from diffexp.metrics.provenance import (
     class_labels,
@@ -122,7 +123,7 @@ class MetricsCallback(PeriodicCallback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.real_stats is not None:
             return
-        dm = trainer.datamodule
+        dm = getattr(trainer.datamodule, "pixels", trainer.datamodule)  # latent diffusion: images are the reference
         if dm is None:
             raise ValueError("MetricsCallback needs the data module (trainer.fit(module, datamodule=...)) "
                              "for its reference statistics")
@@ -172,15 +173,15 @@ class MetricsCallback(PeriodicCallback):
 
         def sample_fn(seeds: list[int]) -> torch.Tensor:
             y = class_labels(seeds, self.seed, num_classes, device)
-            return self.sampler(denoiser, shape=shape, seeds=seeds, y=y, guidance_scale=self.guidance_scale,
-                                device=device)
+            return to_images(pl_module, self.sampler(denoiser, shape=shape, seeds=seeds, y=y,
+                                                     guidance_scale=self.guidance_scale, device=device))
 
         was_training = pl_module.training
         pl_module.eval()
         try:
             result = compute_metrics(
                 sample_fn, self.num_samples, self.extractor, self.real_stats, batch_size=self.batch_size,
-                metrics=self.metrics, seed_offset=self.seed, data_range=pl_module.data_range,
+                metrics=self.metrics, seed_offset=self.seed, data_range=image_range(pl_module),
                 kid_subset_size=self.kid_subset_size, kid_subsets=self.kid_subsets,
                 kid_max_samples=self.kid_max_samples, swd_projections=self.swd_projections, device=device)
         finally:

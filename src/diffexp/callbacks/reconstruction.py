@@ -22,10 +22,10 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from diffexp.callbacks.metrics import cached_reference_stats, make_metrics_extractor
 from diffexp.callbacks.periodic import PeriodicCallback
 from diffexp.images import image_grid, log_image, save_png
 from diffexp.metrics import compute_metrics
+from diffexp.metrics.selection import cached_reference_stats, make_metrics_extractor
 from diffexp.metrics.utils import dist_info
 
 

@@ -9,6 +9,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from diffexp.callbacks.periodic import PeriodicCallback
 from diffexp.images import image_grid, log_image, samples_to_image, save_png
+from diffexp.latent import image_range, is_latent, to_images
 from diffexp.metrics.provenance import sampler_label
 
 
@@ -71,15 +72,17 @@ class SampleCallback(PeriodicCallback):
         n = len(y) if y is not None else self.num_samples
         seeds = list(range(self.seed, self.seed + n))
         frames: list[tuple[torch.Tensor, torch.Tensor]] = []
-        callback = self._trajectory_recorder(frames) if self.trajectory and len(shape) == 3 else None
+        callback = self._trajectory_recorder(frames) \
+            if self.trajectory and len(shape) == 3 and not is_latent(pl_module) else None
         was_training = pl_module.training
         pl_module.eval()
         try:
             x = self.sampler(denoiser, shape=shape, seeds=seeds, y=y, guidance_scale=self.guidance_scale, callback=callback)
         finally:
             pl_module.train(was_training)
+        x = to_images(pl_module, x)  # latent diffusion: decoded by the first stage
         key = self.key(pl_module)
-        image = samples_to_image(x, pl_module.data_range, nrow=nrow, title=f"{key} step {step}")
+        image = samples_to_image(x, image_range(pl_module), nrow=nrow, title=f"{key} step {step}")
         stem = key.replace("/", "_")
         path = save_png(image, self._out_dir(trainer) / f"{stem}_step{step:07d}.png")
         self.last_paths = [path]

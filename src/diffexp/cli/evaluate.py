@@ -53,6 +53,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from diffexp.atomic import atomic_write_json  # noqa: E402
 from diffexp.interop.pretrained import load_model  # noqa: E402
+from diffexp.latent import image_range, image_shape, label_latent_nll, nll_datamodule, to_images  # noqa: E402
 from diffexp.metrics import compute_metrics  # noqa: E402
 from diffexp.metrics.nll import evaluate_nll, nll_examples, nll_keys, write_per_t_csv  # noqa: E402
 from diffexp.metrics.provenance import (  # noqa: E402
@@ -106,9 +107,9 @@ def _datamodule(cfg: DictConfig, module) -> Any:
             raise ValueError("the checkpoint stores no data config; pass data=<name> (e.g. data=mnist)")
         node = OmegaConf.create(stored)
     dm = instantiate(node)
-    if tuple(dm.data_shape) != tuple(module.data_shape):
+    if tuple(dm.data_shape) != image_shape(module):  # latent diffusion: the images its latents decode to
         raise ValueError(f"data {dm.name!r} has shape {tuple(dm.data_shape)} but the checkpoint was trained on "
-                         f"{tuple(module.data_shape)}")
+                         f"{image_shape(module)}")
     return dm
 
 
@@ -187,10 +188,11 @@ def _sample_metrics(cfg, module, dm, sampler, metrics, weights, device) -> dict[
 
     def sample_fn(seeds):
         y = class_labels(seeds, seed, module.num_classes, device)
-        return sampler(denoiser, shape=shape, seeds=seeds, y=y, guidance_scale=cfg.guidance_scale, device=device)
+        x = sampler(denoiser, shape=shape, seeds=seeds, y=y, guidance_scale=cfg.guidance_scale, device=device)
+        return to_images(module, x)  # latent diffusion: decoded by the first stage
 
     res = compute_metrics(sample_fn, int(cfg.num_samples), extractor, real, batch_size=int(cfg.batch_size), metrics=chosen,
-                           seed_offset=seed, data_range=module.data_range, kid_subset_size=cfg.kid_subset_size,
+                           seed_offset=seed, data_range=image_range(module), kid_subset_size=cfg.kid_subset_size,
                            kid_subsets=cfg.kid_subsets, kid_max_samples=cfg.kid_max_samples,
                            swd_projections=cfg.swd_projections, device=device)
     T = module.schedule.num_timesteps
@@ -204,10 +206,12 @@ def _sample_metrics(cfg, module, dm, sampler, metrics, weights, device) -> dict[
 
 def _nll(cfg, module, dm, weights, device, out_dir: Path) -> dict[str, Any]:
     n = cfg.nll
-    x, y, split = nll_examples(dm, n.split, n.num_examples, int(n.seed))
+    data = nll_datamodule(module, dm, cfg.paths.cache_dir)  # latent diffusion: the cached latents of dm
+    x, y, split = nll_examples(data, n.split, n.num_examples, int(n.seed))
     res = evaluate_nll(module.denoiser(ema=cfg.ema), x, y, batch_size=int(n.batch_size), seed=int(n.seed),
                        t_batch=n.t_batch, reverse_variance=n.reverse_variance, clip_denoised=n.clip_denoised,
                        device=device)
+    label_latent_nll(res, module)
     res.update(split=split, weights=weights, seed=int(n.seed), per_t_csv=str(out_dir / "nll_per_t.csv"))
     res["keys"] = nll_keys(res, split, weights)
     write_per_t_csv(out_dir / "nll_per_t.csv", res["per_t"])

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from diffexp.images import samples_to_image, save_png, to_uint8  # noqa: E402
 from diffexp.interop.pretrained import load_model  # noqa: E402
+from diffexp.latent import image_range, to_images  # noqa: E402
 
 
 def pick_device(name: str) -> torch.device:
@@ -41,8 +42,9 @@ def generate(module, sampler, num_samples: int, seed: int, batch_size: int, ema:
         seeds = list(range(seed + start, seed + min(num_samples, start + batch_size)))
         y = labels[start : start + len(seeds)].to(device) if labels is not None else None
         x = sampler(denoiser, shape=tuple(module.data_shape), seeds=seeds, y=y, guidance_scale=guidance_scale)
-        if module.data_range is not None:
-            x = x.clamp(*module.data_range)
+        x = to_images(module, x)  # latent diffusion: decoded by the first stage
+        if image_range(module) is not None:
+            x = x.clamp(*image_range(module))
         out.append(x.cpu())
     return torch.cat(out)
 
@@ -67,13 +69,13 @@ def sample(cfg: DictConfig) -> dict:
     elapsed = time.time() - start
     arrays = {"seeds": np.arange(cfg.seed, cfg.seed + cfg.num_samples)}
     if x.ndim == 4:
-        arrays["images"] = to_uint8(x, module.data_range).permute(0, 2, 3, 1).numpy()  # NHWC uint8
+        arrays["images"] = to_uint8(x, image_range(module)).permute(0, 2, 3, 1).numpy()  # NHWC uint8
     else:
         arrays["points"] = x.numpy()
     if labels is not None:
         arrays["labels"] = labels.numpy()
     np.savez_compressed(out_dir / "samples.npz", **arrays)
-    grid = samples_to_image(x[: cfg.grid_size], module.data_range, title=f"{sampler.name}")
+    grid = samples_to_image(x[: cfg.grid_size], image_range(module), title=f"{sampler.name}")
     save_png(grid, out_dir / "grid.png")
     record = {
         "checkpoint": str(Path(module.checkpoint_info["path"]).resolve()),

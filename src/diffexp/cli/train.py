@@ -70,6 +70,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # network initialisation only
     datamodule = instantiate(cfg.data)
+    if cfg.get("latent"):  # latent diffusion: the data's latents, encoded once and cached (diffexp/latent.py)
+        from diffexp.latent import latent_datamodule
+
+        datamodule = latent_datamodule(cfg, datamodule)
     validate_config(cfg, datamodule)  # every problem named by its key, before anything is built
     module = build_module(cfg, data_info(datamodule))  # a model that cannot take the data: ConfigError too
     if cfg.get("print_config", True):

@@ -7,7 +7,6 @@ it. Every checkpoint carries the latent scale factor of its weights (see diffexp
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import lightning as L  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from diffexp.atomic import atomic_write_json  # noqa: E402
 from diffexp.autoencoder import AutoencoderModule, autoencoder_hash  # noqa: E402
 from diffexp.cli.train import instantiate_group  # noqa: E402
 from diffexp.validation import ConfigError  # noqa: E402
@@ -71,7 +71,7 @@ def train_autoencoder(cfg: DictConfig) -> dict:
                    scale_factor=scale, latent_shape=list(module.autoencoder.latent_shape),
                    autoencoder_hash=autoencoder_hash(module.autoencoder))
     if trainer.is_global_zero:
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        atomic_write_json(out_dir / "metrics.json", metrics, indent=2, sort_keys=True)
         last = out_dir / "checkpoints" / "last.ckpt"
         print("\n" + "=" * 72)
         print(f"run directory : {out_dir}")
