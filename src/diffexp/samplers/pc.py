@@ -14,8 +14,9 @@ from diffexp.samplers.base import (
     report,
     timesteps,
 )
-from diffexp.samplers.ddim import ddim_step
-from diffexp.samplers.ddpm import ddpm_step
+from diffexp.samplers.ddim import INDEX_SPACINGS, ddim_step, ddim_step_scales
+from diffexp.samplers.ddpm import CONTINUOUS_STEPS, ancestral_step, ddpm_step
+from diffexp.samplers.grids import SPACINGS, is_discrete, sampling_times, scales_at
 
 NORMS = ("batch", "sample", "expected")
 
@@ -45,7 +46,12 @@ class PCSampler(Sampler):
       ε = 2α r² s_t² is fixed per level and the corrector is plain Langevin dynamics targeting p_t; samples
       depend on their seed only.
 
-    No corrector follows the last predictor step, which returns x̂_0."""
+    No corrector follows the last predictor step, which returns x̂_0.
+
+    On a continuous family (VP, sub-VP, VE as in Song et al.; also edm and flow) the predictor is the
+    ancestral or DDIM step in (α, σ) over ``steps`` times (null: 1000) of the grid ``spacing`` (uniform =
+    time), from x = prior_std · x_T, and the corrector's α is the grid step's (α_{t_{k-1}}/α_{t_{k-2}})²
+    (1 - β' on VP, 1 on VE: score_sde's VP and VE correctors)."""
 
     def __init__(
         self,
@@ -63,7 +69,7 @@ class PCSampler(Sampler):
         check_choice("predictor", predictor, ("ancestral", "ddim"))
         check_choice("norms", norms, NORMS)
         check_choice("variance", variance, ("beta", "beta_tilde"))
-        check_choice("spacing", spacing, ("uniform", "quadratic", "trailing"))
+        check_choice("spacing", spacing, INDEX_SPACINGS + SPACINGS)
         if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
             raise OptionError("n_corrector", f"n_corrector must be an integer >= 0, got {n_corrector!r}")
         if not 0.0 <= eta <= 1.0:
@@ -75,10 +81,17 @@ class PCSampler(Sampler):
 
     def check(self, process) -> None:
         super().check(process)
-        check_discrete_steps(process, self.steps, self.spacing)
+        if self.spacing not in INDEX_SPACINGS[:1] + SPACINGS and not is_discrete(process):
+            raise OptionError("spacing", f"spacing {self.spacing!r} picks timesteps of the discrete ddpm schedule; "
+                              f"on the {process.name} process use one of {['uniform', *SPACINGS]}")
+        if is_discrete(process) and self.spacing not in INDEX_SPACINGS:
+            raise OptionError("spacing", f"on the ddpm process pc steps along the schedule's timesteps; "
+                              f"use one of {list(INDEX_SPACINGS)}")
+        if is_discrete(process):
+            check_discrete_steps(process, self.steps, self.spacing)
 
-    def nfe(self, num_timesteps: int) -> int:
-        steps = self.steps or num_timesteps
+    def nfe(self, num_timesteps: int | None) -> int:
+        steps = self.steps or num_timesteps or CONTINUOUS_STEPS
         return steps + self.n_corrector * (steps - 1)
 
     @property
@@ -96,6 +109,8 @@ class PCSampler(Sampler):
         return 2 * alpha * (self.snr * ratio) ** 2
 
     def sample(self, model, x_T, noise, callback):
+        if not is_discrete(model.process):
+            return self._sample_continuous(model, x_T, noise, callback)
         ts = timesteps(model.schedule.num_timesteps, self.steps or model.schedule.num_timesteps, self.spacing)
         sched = model.schedule.respaced(ts)
         process, sigmas, ab = DiffusionProcess(sched), model.schedule.sigmas, model.schedule.alphas_cumprod
@@ -115,6 +130,32 @@ class PCSampler(Sampler):
             for _ in range(self.n_corrector):
                 pred = model(x, ts[k - 1])
                 report(callback, step, ts[k - 1], sigmas[ts[k - 1]], x, pred.x0, total)
+                step += 1
+                z, g = noise.randn_like(x), pred.score
+                step_size = self.corrector_step_size(z, g, alpha, pred.noise_scale)
+                x = x + step_size * g + (2 * step_size) ** 0.5 * z
+        return x
+
+    def _sample_continuous(self, model, x_T, noise, callback):
+        process = model.process
+        times = sampling_times(process, self.steps or CONTINUOUS_STEPS, self.spacing)
+        scales = [scales_at(process, t) for t in times] + [(1.0, 0.0)]
+        sigma = [float(process.sigma(torch.tensor(t, dtype=torch.float64))) for t in times]
+        total, step, x = len(times) + self.n_corrector * (len(times) - 1), 0, x_T * float(process.prior_std)
+        for i, t in enumerate(times):
+            pred = model(x, t)
+            report(callback, step, t, sigma[i], x, pred.x0, total)
+            step += 1
+            if self.predictor == "ancestral":
+                x = ancestral_step(pred.x0, *scales[i + 1], *scales[i], self.variance, noise, x)
+            else:
+                x = ddim_step_scales(pred.x0, pred.eps, *scales[i + 1], *scales[i], self.eta, noise, x)
+            if i + 1 == len(times):
+                break
+            alpha = (scales[i + 1][0] / scales[i + 2][0]) ** 2
+            for _ in range(self.n_corrector):
+                pred = model(x, times[i + 1])
+                report(callback, step, times[i + 1], sigma[i + 1], x, pred.x0, total)
                 step += 1
                 z, g = noise.randn_like(x), pred.score
                 step_size = self.corrector_step_size(z, g, alpha, pred.noise_scale)

@@ -1,0 +1,108 @@
+"""Sampling grids on any process, in one place: the noise levels a continuous-time sampler visits.
+
+A grid is N noise levels from the process's σ_max down to σ_min (its sampling range, in VE terms
+σ = σ(t)/α(t)), followed by σ_N = 0, where the sampler returns x̂_0. Spacings:
+
+* ``time``: uniform in the process time t over [sample_t_min, sample_t_max] (on ddpm: the schedule's own
+  integer timesteps, ``timesteps(T, N, "uniform")``), σ = σ(t);
+* ``karras``: σ_i = (σ_max^{1/ρ} + i/(N-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ (Karras et al. 2022, eq. 5);
+* ``logsnr``: uniform in the log-SNR λ = -2 log σ (Lu et al. 2022, DPM-Solver's 'logSNR' steps);
+* ``shift``: SD3's timestep shift (Esser et al. 2024, eq. 23) t' = s u/(1 + (s-1) u) of a uniform u ∈ [0, 1],
+  mapped onto [sample_t_min, sample_t_max]; s > 1 spends more steps at high noise. Made for ``flow``
+  (s = 3 at 1024² in SD3), defined on every family.
+
+Each grid is strictly decreasing with both ends exact (tested on every family and spacing), so no
+sampler re-derives one (diffusers #12633, #12771: duplicate or off-by-one timesteps).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SPACINGS = ("time", "karras", "logsnr", "shift")
+
+
+def process_sigma_range(process) -> tuple[float, float]:
+    """(σ_min, σ_max) of the process's sampling range in VE terms (finite: a zero-terminal-SNR ddpm
+    schedule contributes its largest finite σ)."""
+    if hasattr(process, "sigma_range"):
+        lo, hi = process.sigma_range()
+        return float(lo), float(hi)
+    sig = process.schedule.sigmas
+    return float(sig[0]), float(sig[torch.isfinite(sig)].max())
+
+
+def _sample_range(process) -> tuple[float, float]:
+    if getattr(process, "is_discrete", hasattr(process, "schedule")):
+        return 0.0, float(process.num_timesteps - 1)
+    return float(process.sample_t_min), float(process.sample_t_max)
+
+
+def sigma_grid(process, steps: int, spacing: str = "karras", rho: float = 7.0, shift: float = 3.0) -> list[float]:
+    """``steps`` noise levels σ_max = σ_0 > … > σ_{N-1} = σ_min of ``process``, then σ_N = 0."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; valid: {list(SPACINGS)}")
+    lo, hi = process_sigma_range(process)
+    if steps == 1:
+        return [hi, 0.0]
+    i = torch.arange(steps, dtype=torch.float64) / (steps - 1)
+    if spacing == "karras":
+        s = (hi ** (1 / rho) + i * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+    elif spacing == "logsnr":
+        s = torch.exp(math.log(hi) + i * (math.log(lo) - math.log(hi)))
+    else:
+        s = process.sigma(torch.tensor(time_grid(process, steps, spacing, shift=shift), dtype=torch.float64))
+    s = s.clamp(lo, hi)
+    s[0], s[-1] = hi, lo  # exact ends (the power/exp/σ(t) round trips are not)
+    return s.tolist() + [0.0]
+
+
+def time_grid(process, steps: int, spacing: str = "time", rho: float = 7.0, shift: float = 3.0) -> list[float]:
+    """The process times of :func:`sigma_grid` (without the final σ = 0): sample_t_max = t_0 > … >
+    t_{N-1} = sample_t_min (on ddpm: indices, integers for ``time``)."""
+    t_lo, t_hi = _sample_range(process)
+    if spacing == "time":
+        if getattr(process, "is_discrete", hasattr(process, "schedule")):
+            from diffexp.samplers.base import timesteps
+
+            return [float(t) for t in timesteps(process.num_timesteps, steps, "uniform")[::-1]]
+        if steps == 1:
+            return [t_hi]
+        return torch.linspace(t_hi, t_lo, steps, dtype=torch.float64).tolist()
+    if spacing == "shift":
+        if not shift > 0:
+            raise ValueError(f"shift must be positive, got {shift!r}")
+        if steps == 1:
+            return [t_hi]
+        u = torch.linspace(1.0, 0.0, steps, dtype=torch.float64)
+        t = t_lo + (t_hi - t_lo) * shift * u / (1 + (shift - 1) * u)
+        t[0], t[-1] = t_hi, t_lo
+        return t.tolist()
+    sig = torch.tensor(sigma_grid(process, steps, spacing, rho=rho)[:-1], dtype=torch.float64)
+    t = process.t_of_sigma(sig).to(torch.float64).clamp(t_lo, t_hi)
+    t[0], t[-1] = t_hi, t_lo
+    return t.tolist()
+
+
+def is_discrete(process) -> bool:
+    return bool(getattr(process, "is_discrete", hasattr(process, "schedule")))
+
+
+def scales_at(process, t: float) -> tuple[float, float]:
+    """(α(t), σ(t)) of ``process`` at one time, as Python floats (float64 arithmetic)."""
+    like = torch.empty(1, dtype=torch.float64)
+    tt = torch.tensor([t], dtype=torch.float64)
+    if is_discrete(process) and float(t).is_integer():
+        tt = tt.long()
+    a, s = process.scales(tt, like)
+    return float(a), float(s)
+
+
+def sampling_times(process, steps: int, spacing: str, shift: float = 3.0, rho: float = 7.0) -> list[float]:
+    """The times a first-order sampler in x_t visits, highest first: the grid of :func:`time_grid`, with
+    ``uniform`` read as ``time`` (uniform in t; on ddpm the schedule's own uniform indices)."""
+    return time_grid(process, steps, "time" if spacing == "uniform" else spacing, rho=rho, shift=shift)
