@@ -76,6 +76,9 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out: str | os.PathLike, form
     if format not in FORMATS:
         raise ConfigError(f"format={format!r}; valid: {list(FORMATS)}")
     module = load_module(ckpt_path)
+    if getattr(module, "first_stage", None) is not None:  # diffexp.latent: the decoder would be lost
+        raise ConfigError(f"{ckpt_path} is a latent diffusion checkpoint; exports hold the denoiser only, without its "
+                          "autoencoder: sample and evaluate it with sample.py / evaluate.py")
     _check_process(module)
     net = module.sampling_net(ema=ema)
     weights = "ema" if (ema and module.uses_ema) else "raw"

@@ -2,7 +2,7 @@
 
 The wrapped network f (any denoiser, output shaped like x) is reduced by a scalar head to
 
-    Ẽ_θ(x, t) = ½ ‖x − f_θ(x, t)‖²                      (``head="l2"``, Salimans & Ho 2021, eq. 7)
+    Ẽ_θ(x, t) = ½ ‖x − f_θ(x, t)‖²                      (``head="l2"``, Salimans & Ho 2021)
     Ẽ_θ(x, t) = ⟨x, f_θ(x, t)⟩                           (``head="dot"``)
 
 per example, and the network's ε̂ is its gradient by autograd (Du et al. 2023, "Reduce, Reuse, Recycle", §3):
