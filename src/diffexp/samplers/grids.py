@@ -34,9 +34,14 @@ def process_sigma_range(process) -> tuple[float, float]:
     return float(sig[0]), float(sig[torch.isfinite(sig)].max())
 
 
-def _sample_range(process) -> tuple[float, float]:
+def _sample_range(process, finite: bool = False) -> tuple[float, float]:
+    """[t_min, t_max] the samplers cover; ``finite``: capped where σ is finite (a zero-terminal-SNR ddpm
+    schedule has σ = ∞ at its last index, where only x_t-space samplers can start)."""
     if getattr(process, "is_discrete", hasattr(process, "schedule")):
-        return 0.0, float(process.num_timesteps - 1)
+        top = process.num_timesteps - 1
+        if finite and top > 0 and not math.isfinite(float(process.schedule.sigmas[top])):
+            top -= 1
+        return 0.0, float(top)
     return float(process.sample_t_min), float(process.sample_t_max)
 
 
@@ -49,27 +54,34 @@ def sigma_grid(process, steps: int, spacing: str = "karras", rho: float = 7.0, s
     lo, hi = process_sigma_range(process)
     if steps == 1:
         return [hi, 0.0]
-    i = torch.arange(steps, dtype=torch.float64) / (steps - 1)
     if spacing == "karras":
+        i = torch.arange(steps, dtype=torch.float64) / (steps - 1)
         s = (hi ** (1 / rho) + i * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
     elif spacing == "logsnr":
-        s = torch.exp(math.log(hi) + i * (math.log(lo) - math.log(hi)))
+        s = torch.linspace(math.log(hi), math.log(lo), steps, dtype=torch.float64).exp()
+    elif spacing == "time" and is_discrete(process):  # the schedule's own σ_t at its integer timesteps
+        ts = [int(t) for t in time_grid(process, steps, "time", finite=True)]
+        s = process.schedule.sigmas[ts].clone()
+        s[0] = hi  # the top of the finite range (a zero-terminal-SNR schedule's last σ is ∞)
     else:
-        s = process.sigma(torch.tensor(time_grid(process, steps, spacing, shift=shift), dtype=torch.float64))
-    s = s.clamp(lo, hi)
-    s[0], s[-1] = hi, lo  # exact ends (the power/exp/σ(t) round trips are not)
+        s = process.sigma(torch.tensor(time_grid(process, steps, spacing, shift=shift, finite=True), dtype=torch.float64))
+    # Ends as computed (to the last bit: the samplers' outputs are pinned by a fixture), within 1e-12 of
+    # (σ_max, σ_min); tests/test_grids.py checks both ends and strict monotonicity on every family.
     return s.tolist() + [0.0]
 
 
-def time_grid(process, steps: int, spacing: str = "time", rho: float = 7.0, shift: float = 3.0) -> list[float]:
+def time_grid(process, steps: int, spacing: str = "time", rho: float = 7.0, shift: float = 3.0,
+              finite: bool = False) -> list[float]:
     """The process times of :func:`sigma_grid` (without the final σ = 0): sample_t_max = t_0 > … >
-    t_{N-1} = sample_t_min (on ddpm: indices, integers for ``time``)."""
-    t_lo, t_hi = _sample_range(process)
+    t_{N-1} = sample_t_min (on ddpm: indices, integers for ``time``). The top time is always the process's
+    own; on a zero-terminal-SNR schedule σ is ∞ there, where :func:`sigma_grid` has the largest finite σ
+    (``finite=True``: the grid of those finite levels, ending one index lower)."""
+    t_lo, t_hi = _sample_range(process, finite)
     if spacing == "time":
         if getattr(process, "is_discrete", hasattr(process, "schedule")):
             from diffexp.samplers.base import timesteps
 
-            return [float(t) for t in timesteps(process.num_timesteps, steps, "uniform")[::-1]]
+            return [float(t) for t in timesteps(int(t_hi) + 1, steps, "uniform")[::-1]]
         if steps == 1:
             return [t_hi]
         return torch.linspace(t_hi, t_lo, steps, dtype=torch.float64).tolist()
@@ -81,9 +93,13 @@ def time_grid(process, steps: int, spacing: str = "time", rho: float = 7.0, shif
         u = torch.linspace(1.0, 0.0, steps, dtype=torch.float64)
         t = t_lo + (t_hi - t_lo) * shift * u / (1 + (shift - 1) * u)
         t[0], t[-1] = t_hi, t_lo
+        t[1:] = t[1:].clamp(max=_sample_range(process, True)[1])  # σ = ∞ only at the very top
         return t.tolist()
+    if steps == 1:
+        return [t_hi]
     sig = torch.tensor(sigma_grid(process, steps, spacing, rho=rho)[:-1], dtype=torch.float64)
     t = process.t_of_sigma(sig).to(torch.float64).clamp(t_lo, t_hi)
+    t[1:] = t[1:].clamp(max=_sample_range(process, True)[1])
     t[0], t[-1] = t_hi, t_lo
     return t.tolist()
 
