@@ -12,7 +12,9 @@
   and the final step is always saved as ``last.ckpt`` when training ends (Lightning only saves every
   ``every_n_train_steps``, so a run whose ``max_steps`` is not a multiple lost its last steps).
 * :class:`SignalCheckpoint`: on SIGTERM (schedulers, ``timeout``, preemption) or SIGINT (Ctrl+C) the
-  current optimizer step finishes, ``last.ckpt`` is saved, and training stops cleanly. Lightning 2.6
+  current optimizer step finishes, ``last.ckpt`` is saved, and training stops cleanly, skipping the optional
+  end-of-run work (validation, sample grids, metrics: :func:`stop_signal`), so the process exits within the
+  grace period of a preempted job. Lightning 2.6
   alone only flags SIGTERM and raises ``SIGTERMException`` at the end of the batch (single device: at the
   end of the *epoch*), saving nothing, and turns Ctrl+C into ``sys.exit(1)`` without a checkpoint.
 * :func:`config_mismatches`: the keys that make a checkpoint incompatible with a config (model,
@@ -35,12 +37,13 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from diffexp.atomic import atomic_link, atomic_torch_save, clean_partial_files
+from diffexp.errors import UserError
 
 CHECKPOINT_KEY = "diffexp"
 CHECKPOINT_FORMAT = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, corrupt, not diffexp's, or incompatible with the config."""
 
 
@@ -209,6 +212,16 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         return path
 
 
+def stop_signal(trainer) -> int | None:
+    """The signal (SIGTERM/SIGINT) that stopped this training run after saving ``last.ckpt``, if any: callbacks
+    skip their optional end-of-run work (sample grids, metrics) when it is set. (Set on every DDP rank at the
+    same step, since the save is decided together, so collectives in that work never wait for a skipping rank.)"""
+    for cb in getattr(trainer, "callbacks", None) or []:
+        if isinstance(cb, SignalCheckpoint) and cb.received is not None and cb.saved_path is not None:
+            return int(cb.received)
+    return None
+
+
 class SignalCheckpoint(Callback):
     """On SIGTERM/SIGINT: finish the optimizer step, save ``last.ckpt``, stop training; ``received`` holds
     the signal number afterwards (the CLI then exits with status 128 + signal, without a traceback).
@@ -236,8 +249,9 @@ class SignalCheckpoint(Callback):
             raise KeyboardInterrupt
         if self.received is None:
             name = signal.Signals(signum).name
-            print(f"\n[diffexp] received {name}: saving last.ckpt after the current step, then stopping "
-                  f"(resume with ckpt_path=auto or the path printed below)", flush=True)
+            print(f"\n[diffexp] received {name}: saving last.ckpt after the current step, then stopping without the "
+                  f"end-of-run sampling, metrics and validation (resume with ckpt_path=auto or the path printed below)",
+                  flush=True)
         self.received = signum
 
     def _install(self) -> None:
@@ -273,6 +287,9 @@ class SignalCheckpoint(Callback):
             return  # no signal, or inside a gradient-accumulation cycle: wait for the optimizer step
         self.saved_path = self._save(trainer)
         trainer.should_stop = True
+        # Lightning validates once more when a run is stopped early (EarlyStopping's case); a preempted job's
+        # grace period (SLURM KillWait: 30 s) is for saving, not for optional work. See stop_signal().
+        trainer.limit_val_batches = 0
         rank_zero_info(f"[diffexp] saved {self.saved_path} at step {trainer.global_step}; stopping")
 
     def _save(self, trainer) -> str:

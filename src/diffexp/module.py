@@ -4,8 +4,10 @@ Training draws timesteps and noise from a generator seeded by (seed, rank, globa
 so ranks never share noise and a resumed run re-derives the same streams; validation uses pinned
 noise and timesteps (seeded by batch index only), so the validation loss is comparable across epochs.
 
-Non-finite losses and gradients (``nonfinite``): ``raise`` stops training with a FloatingPointError that
-names the step, the loss terms and the last good checkpoint (nothing is saved after the bad step);
+Non-finite losses and gradients (``nonfinite``): ``raise`` stops training with a
+:class:`~diffexp.errors.NonFiniteError` (a FloatingPointError; the CLI prints its message alone) that names
+the step, the loss terms and the last good checkpoint (nothing is saved after the bad step), and says
+"bad data" when the batch itself holds NaN/inf (then the learning rate is not the cause);
 ``skip`` turns the optimizer step into a no-op for the weights, the optimizer state and the EMA (the
 step counter and the LR schedule still advance, as with fp16 loss scaling). The decision is taken after
 the backward pass, from the loss of every micro-batch and the gradient norm; under DDP it is reduced
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from diffexp.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEY, CheckpointError, config_mismatches
 from diffexp.denoiser import Denoiser
 from diffexp.ema import EMA, PowerEMA
+from diffexp.errors import NonFiniteError
 from diffexp.process import DiffusionProcess, check_prediction
 from diffexp.rng import derive_seed, make_generator
 from diffexp.schedules import NoiseSchedule
@@ -87,6 +90,7 @@ class DiffusionModule(L.LightningModule):
             objective.validate(prediction, schedule, data_range=self.data_range)
         self.skipped_steps = 0  # optimizer steps skipped for non-finite values (nonfinite=skip)
         self._bad_loss: str | None = None  # description of a non-finite micro-batch loss since the last step
+        self._bad_data: str | None = None  # set when that micro-batch's input itself held NaN/inf
         self._skip_ema = False
 
     # ---- the model as samplers see it ------------------------------------------------------------
@@ -162,10 +166,14 @@ class DiffusionModule(L.LightningModule):
         if not torch.isfinite(out.loss):
             terms = {k: float(v) for k, v in out.terms.items()}
             self._bad_loss = f"loss {float(out.loss)} (terms: {terms})"
+            finite = torch.isfinite(x.flatten(1)).all(1)
+            if not bool(finite.all()):  # the data, not the optimisation: say so instead of "lower the lr"
+                self._bad_data = (f"{int((~finite).sum())} of {len(finite)} examples of the training batch at step "
+                                  f"{self.global_step} hold NaN/inf values")
             if saved:  # e.g. the importance sampler's loss history must not take the non-finite values
                 self.objective.load_state_dict(saved)
             if self.nonfinite == "raise" and self._world_size() == 1:
-                raise FloatingPointError(self._nonfinite_message(f"non-finite {self._bad_loss}"))
+                raise NonFiniteError(self._nonfinite_message(f"non-finite {self._bad_loss}"))
             # Keep going to the backward pass: the gradients become non-finite on every rank (DDP averages
             # them), and the step is skipped (or raised) in on_before_optimizer_step on all ranks together.
             return out.loss
@@ -181,6 +189,9 @@ class DiffusionModule(L.LightningModule):
         return {k: v.clone() for k, v in state.items()} if state else None
 
     def _nonfinite_message(self, what: str) -> str:
+        if self._bad_data is not None:
+            return (f"bad data: {self._bad_data}, which made the {what.removeprefix('non-finite ')} non-finite. "
+                    "This is not a learning-rate problem: find and fix the NaN/inf values in the data (data.*).")
         last = None
         cb = getattr(self._trainer, "checkpoint_callback", None) if self._trainer is not None else None
         if cb is not None:
@@ -200,6 +211,8 @@ class DiffusionModule(L.LightningModule):
         total = torch.nn.utils.get_total_norm(grads, 2.0).float() if grads else None
         grad_ok = total is None or bool(torch.isfinite(total))
         bad_loss, self._bad_loss = self._bad_loss, None
+        if bad_loss is None:
+            self._bad_data = None
         bad = bad_loss is not None or not grad_ok
         if self._world_size() > 1:
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
@@ -214,7 +227,10 @@ class DiffusionModule(L.LightningModule):
         what = f"non-finite {bad_loss}" if bad_loss else (
             f"non-finite gradient norm {float(total)}" if not grad_ok else "non-finite loss or gradient on another rank")
         if self.nonfinite == "raise":
-            raise FloatingPointError(self._nonfinite_message(what))
+            raise NonFiniteError(self._nonfinite_message(what))
+        if self._bad_data is not None:
+            what += f"; bad data: {self._bad_data}"
+        self._bad_data = None
         # Skip: without gradients the optimizer leaves the weights and its moments untouched.
         for p in self.net.parameters():
             p.grad = None

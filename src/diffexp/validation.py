@@ -27,11 +27,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from diffexp.errors import UserError
+
 PRECISIONS = {"32": "32", "32-true": "32", "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed",
               "16-mixed": "16-mixed", "16": "16-mixed"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot train; the message names the offending keys."""
 
 
@@ -41,6 +43,10 @@ def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # (NaN is not a usable number)
 
 
 def _accepts(target: str, name: str) -> bool:
@@ -86,14 +92,15 @@ def _check_steps(cfg: DictConfig, errors: list[str]) -> None:
     if not _is_int(acc) or acc < 1:
         errors.append(f"trainer.accumulate_grad_batches={acc}: must be an integer >= 1")
     vci = _get(cfg, "trainer.val_check_interval")
-    if vci is not None and ((_is_int(vci) and vci <= 0) or (isinstance(vci, float) and not 0 < vci <= 1)):
+    if vci is not None and (not _is_number(vci) or (_is_int(vci) and vci <= 0)
+                            or (isinstance(vci, float) and not 0 < vci <= 1)):
         errors.append(f"trainer.val_check_interval={vci}: must be a positive number of steps or a fraction in (0, 1]")
     for key in ("trainer.log_every_n_steps", "data.batch_size", "schedule.num_timesteps"):
         v = _get(cfg, key)
         if v is not None and (not _is_int(v) or v < 1):
             errors.append(f"{key}={v}: must be a positive integer")
     clip = _get(cfg, "trainer.gradient_clip_val")
-    if clip is not None and clip < 0:
+    if clip is not None and (not _is_number(clip) or clip < 0):
         errors.append(f"trainer.gradient_clip_val={clip}: must be >= 0 (or null for no clipping)")
     warmup, total = _get(cfg, "lr_scheduler.warmup_steps"), _get(cfg, "lr_scheduler.total_steps")
     if warmup is not None and (not _is_int(warmup) or warmup < 0):
@@ -155,6 +162,14 @@ def _check_samplers(cfg: DictConfig, process, errors: list[str]) -> None:
             errors.append(f"{where}{detail}: {e}")
 
 
+def check_samplers(cfg: DictConfig, num_timesteps: int | None = None) -> list[str]:
+    """The problems of every sampler config in ``cfg`` (``sampler`` and callbacks' samplers), for tools
+    that check a sampler against a checkpoint's schedule (sample.py, evaluate.py)."""
+    errors: list[str] = []
+    _check_samplers(cfg, num_timesteps, errors)
+    return errors
+
+
 def _check_objective(cfg: DictConfig, schedule, errors: list[str]) -> None:
     obj = cfg.get("objective")
     if not isinstance(obj, DictConfig):
@@ -210,6 +225,56 @@ def _check_precision(cfg: DictConfig, errors: list[str]) -> None:
                       "trainer.precision=bf16-mixed or 32 (Lightning would silently switch to bf16-mixed)")
 
 
+def _check_optimizer(cfg: DictConfig, errors: list[str]) -> None:
+    """lr > 0, weight_decay >= 0, eps > 0, betas two numbers in [0, 1): torch.optim checks these only when the
+    optimizer is built, inside ``trainer.fit`` (and ``lr=abc`` fails there with a TypeError about '<')."""
+    opt = cfg.get("optimizer")
+    if not isinstance(opt, DictConfig):
+        return
+    lr = opt.get("lr")
+    if "lr" in opt and (not _is_number(lr) or lr <= 0):
+        errors.append(f"optimizer.lr={lr}: must be a positive number (e.g. 2e-4)")
+    for key, strict in (("weight_decay", False), ("eps", True)):
+        v = opt.get(key)
+        if v is not None and (not _is_number(v) or v < 0 or (strict and v == 0)):
+            errors.append(f"optimizer.{key}={v}: must be a {'positive' if strict else 'non-negative'} number")
+    betas = opt.get("betas")
+    if betas is not None and (not OmegaConf.is_list(betas) or len(betas) != 2
+                              or not all(_is_number(b) and 0 <= b < 1 for b in betas)):
+        shown = OmegaConf.to_container(betas) if OmegaConf.is_list(betas) else betas
+        errors.append(f"optimizer.betas={shown}: must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+
+
+def instantiate_checked(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``, where a constructor that rejects its options (ValueError/TypeError or
+    Lightning's MisconfigurationException, e.g. an unknown dataset name, an unexpected keyword, a Trainer flag
+    that contradicts a callback) becomes a :class:`ConfigError` naming ``key`` and a user error
+    raised inside it (a missing dataset) surfaces as itself, not wrapped in Hydra's InstantiationException."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, (ValueError, TypeError, MisconfigurationException)):
+            target = str(node.get("_target_", "?")).rsplit(".", 1)[-1] if isinstance(node, DictConfig) else "?"
+            raise ConfigError(f"{key} ({target}): {cause}") from None
+        raise
+
+
+def planned_world_size(cfg: DictConfig) -> int:
+    """Processes the trainer will run (trainer.devices x trainer.num_nodes) as far as the config says; 1 when
+    it leaves the count to Lightning (``devices: auto``)."""
+    devices, nodes = _get(cfg, "trainer.devices", 1), _get(cfg, "trainer.num_nodes", 1)
+    if OmegaConf.is_list(devices):
+        devices = len(devices)
+    devices = devices if _is_int(devices) and devices > 0 else 1
+    return devices * (nodes if _is_int(nodes) and nodes > 0 else 1)
+
+
 def validate_config(cfg: DictConfig, datamodule=None) -> None:
     """Raise :class:`ConfigError` listing every problem of ``cfg`` (see the module docstring)."""
     from diffexp.process import PREDICTION_TARGETS, DiffusionProcess
@@ -229,9 +294,10 @@ def validate_config(cfg: DictConfig, datamodule=None) -> None:
     _check_objective(cfg, schedule, errors)
     _check_conditioning(cfg, datamodule, errors)
     _check_precision(cfg, errors)
+    _check_optimizer(cfg, errors)
     for key, lo, hi in (("module.ema_decay", 0.0, 1.0), ("module.label_dropout", 0.0, 1.0)):
         v = _get(cfg, key)
-        if v is not None and not lo <= float(v) < hi:
+        if v is not None and (not _is_number(v) or not lo <= float(v) < hi):
             errors.append(f"{key}={v}: must lie in [{lo}, {hi})")
     if _get(cfg, "module.nonfinite", "raise") not in ("raise", "skip"):
         errors.append(f"module.nonfinite={_get(cfg, 'module.nonfinite')}: must be 'raise' or 'skip'")

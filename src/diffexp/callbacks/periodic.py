@@ -1,9 +1,12 @@
 """The schedule shared by the sample-grid, metrics and likelihood callbacks: every N optimizer steps and
-once more at the end of training (unless that step was just done)."""
+once more at the end of training (unless that step was just done, or a SIGTERM/SIGINT is stopping the run:
+then the job saves and exits, see :func:`diffexp.checkpoint.stop_signal`)."""
 
 from __future__ import annotations
 
 import lightning as L
+
+from diffexp.checkpoint import stop_signal
 
 
 class PeriodicCallback(L.Callback):
@@ -27,5 +30,5 @@ class PeriodicCallback(L.Callback):
             self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.at_end and trainer.global_step != self._last_step:
+        if self.at_end and trainer.global_step != self._last_step and stop_signal(trainer) is None:
             self.evaluate(trainer, pl_module)

@@ -41,9 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import diffexp  # noqa: F401
+from diffexp.cli.errors import enable_debug_tracebacks, user_errors
 from diffexp.config import CONFIG_DIR, setup_environment
 
 setup_environment()
+enable_debug_tracebacks()
 
 import hydra  # noqa: E402
 import torch  # noqa: E402
@@ -73,7 +75,9 @@ from diffexp.metrics.selection import (  # noqa: E402
     reference_split,
     resolve_metrics,
 )
+from diffexp.cli.checks import check_against_checkpoint, check_evaluate_config, check_nll_against_checkpoint  # noqa: E402
 from diffexp.metrics.summary import RECORD, write_summary  # noqa: E402
+from diffexp.validation import ConfigError  # noqa: E402
 
 ALL_METRICS = (*SAMPLE_METRICS, "nll")
 
@@ -104,30 +108,30 @@ def _datamodule(cfg: DictConfig, module) -> Any:
     if not node:
         stored = (module.config or {}).get("data")
         if not stored:
-            raise ValueError("the checkpoint stores no data config; pass data=<name> (e.g. data=mnist)")
+            raise ConfigError("the checkpoint stores no data config; pass data=<name> (e.g. data=mnist)")
         node = OmegaConf.create(stored)
     dm = instantiate(node)
     if tuple(dm.data_shape) != image_shape(module):  # latent diffusion: the images its latents decode to
-        raise ValueError(f"data {dm.name!r} has shape {tuple(dm.data_shape)} but the checkpoint was trained on "
-                         f"{image_shape(module)}")
+        raise ConfigError(f"data={dm.name}: its examples have shape {tuple(dm.data_shape)}, but the checkpoint was "
+                          f"trained on {image_shape(module)}; pass the data it was trained on (or omit data=)")
     return dm
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` with ``cfg.sampler`` on ``cfg.metrics``; write ``evaluation.json``."""
     started = time.time()
+    metrics = check_evaluate_config(cfg, ALL_METRICS)  # every mistake named by its key, before any work
     out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = [str(m) for m in (cfg.metrics if not isinstance(cfg.metrics, str) else [cfg.metrics])]
-    unknown = [m for m in metrics if m not in ALL_METRICS]
-    if unknown or not metrics:
-        raise ValueError(f"metrics={metrics}: unknown {unknown}; choose from {list(ALL_METRICS)}")
     device = pick_device(cfg.device)
     torch.manual_seed(int(cfg.seed))
     module = load_model(cfg.ckpt_path, cfg.get("pretrained"), map_location=device).to(device)  # or pretrained=DIR
+    check_against_checkpoint(cfg, module)
+    if "nll" in metrics:
+        check_nll_against_checkpoint(cfg, module)
     info = module.checkpoint_info
     weights = "ema" if (cfg.ema and module.uses_ema) else "raw"
     dm = _datamodule(cfg, module)
+    out_dir.mkdir(parents=True, exist_ok=True)
     T = module.schedule.num_timesteps
     hinfo = _hydra_info()
     record: dict[str, Any] = {
@@ -240,7 +244,8 @@ class SummaryCallback(Callback):
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    record = evaluate(cfg)
+    with user_errors("evaluate"):  # a mistake in the config, checkpoint or data: one message, exit status 2
+        record = evaluate(cfg)
     value = record["values"].get(cfg.get("optimized_metric") or "")
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import diffexp  # noqa: F401
+from diffexp.cli.errors import enable_debug_tracebacks, user_errors
 from diffexp.config import CONFIG_DIR, setup_environment
 
 setup_environment()
+enable_debug_tracebacks()
 
 import hydra  # noqa: E402
 import numpy as np  # noqa: E402
@@ -21,6 +23,7 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from diffexp.cli.checks import check_against_checkpoint, check_sample_config  # noqa: E402
 from diffexp.images import samples_to_image, save_png, to_uint8  # noqa: E402
 from diffexp.interop.pretrained import load_model  # noqa: E402
 from diffexp.latent import image_range, to_images  # noqa: E402
@@ -50,11 +53,13 @@ def generate(module, sampler, num_samples: int, seed: int, batch_size: int, ema:
 
 
 def sample(cfg: DictConfig) -> dict:
+    check_sample_config(cfg)  # every mistake named by its key, before the checkpoint is read
     out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     # ckpt_path=CKPT, or pretrained=DIR: a local diffusers pipeline folder or a diffexp export (diffexp.interop)
     module = load_model(cfg.ckpt_path, cfg.get("pretrained"), map_location=device).to(device)
+    check_against_checkpoint(cfg, module)  # sampler steps vs its schedule, labels vs its classes
+    out_dir.mkdir(parents=True, exist_ok=True)
     sampler = instantiate(cfg.sampler)
     T = module.schedule.num_timesteps
     nfe = sampler.nfe(T)
@@ -62,8 +67,6 @@ def sample(cfg: DictConfig) -> dict:
     if module.num_classes is not None:
         labels = (torch.full((cfg.num_samples,), int(cfg.class_label)) if cfg.class_label is not None
                   else torch.arange(cfg.num_samples) % module.num_classes)
-    elif cfg.class_label is not None or cfg.guidance_scale != 1.0:
-        raise ValueError("class_label / guidance_scale need a class-conditional checkpoint; this one is unconditional")
     start = time.time()
     x = generate(module, sampler, cfg.num_samples, cfg.seed, cfg.batch_size, cfg.ema, labels, cfg.guidance_scale, device)
     elapsed = time.time() - start
@@ -101,7 +104,8 @@ def sample(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")
 def main(cfg: DictConfig) -> None:
-    sample(cfg)
+    with user_errors("sample"):  # a mistake in the config, checkpoint or data: one message, exit status 2
+        sample(cfg)
 
 
 if __name__ == "__main__":

@@ -9,26 +9,28 @@ from pathlib import Path
 from typing import Any
 
 import diffexp  # noqa: F401  (torchvision shim before lightning)
+from diffexp.cli.errors import enable_debug_tracebacks, user_errors
 from diffexp.config import CONFIG_DIR, print_config_tree, setup_environment
 from diffexp.launch import ddp_job, finish_loggers, prepare_launch, setup_loggers
 
 setup_environment()
+enable_debug_tracebacks()
 prepare_launch()  # DDP ranks under Hydra runs/multiruns; one run dir for torchrun/srun ranks (diffexp/launch.py)
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from diffexp.build import build_module, data_info  # noqa: E402
-from diffexp.validation import apply_global_batch  # noqa: E402
+from diffexp.validation import apply_global_batch, instantiate_checked, planned_world_size  # noqa: E402
 
 
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every `_target_` entry of a dict-of-configs group (callbacks, loggers)."""
     if not cfg:
         return []
-    return [instantiate(node) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node]
+    return [instantiate_checked(node, f"{cfg._key()}.{name}") for name, node in cfg.items()
+            if isinstance(node, DictConfig) and "_target_" in node]
 
 
 def validate_config(cfg: DictConfig, datamodule=None) -> None:
@@ -62,27 +64,33 @@ def _exit_after_signal(signum: int | None, callbacks, trainer) -> None:
     path = next((cb.saved_path for cb in callbacks if getattr(cb, "saved_path", None)), None)
     if trainer.is_global_zero:
         print(f"[diffexp] stopped by {signal.Signals(signum).name} at step {trainer.global_step}; resumable checkpoint: "
-              f"{path}\n[diffexp] resume with the same command plus ckpt_path=auto (or ckpt_path={path})", flush=True)
+              f"{path}\n[diffexp] skipped the end-of-run sample grids, metrics and validation (a preempted job's grace "
+              f"period is short)\n[diffexp] resume with the same command plus ckpt_path=auto (or ckpt_path={path})",
+              flush=True)
     sys.exit(128 + signum)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # network initialisation only
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate_checked(cfg.data, "data")
     if cfg.get("latent"):  # latent diffusion: the data's latents, encoded once and cached (diffexp/latent.py)
         from diffexp.latent import latent_datamodule
 
         datamodule = latent_datamodule(cfg, datamodule)
     validate_config(cfg, datamodule)  # every problem named by its key, before anything is built
+    if hasattr(datamodule, "check"):  # files present and readable, values finite, batch <= split: before the Trainer
+        datamodule.check(planned_world_size(cfg))
     module = build_module(cfg, data_info(datamodule))  # a model that cannot take the data: ConfigError too
     if cfg.get("print_config", True):
         print_config_tree(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
+    if not loggers:  # logger=none: Lightning's LearningRateMonitor refuses to start without a logger
+        callbacks = [cb for cb in callbacks if type(cb).__name__ != "LearningRateMonitor"]
     ckpt_path = find_resume_checkpoint(cfg)  # resolved once: `auto` scans the log dir, a path is read and checked
     callbacks += setup_loggers(cfg, loggers, ckpt_path)  # W&B: config at init, run id in ckpt
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate_checked(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     batch_line = apply_global_batch(cfg, trainer)  # derives accumulation from global_batch_size when set
     if trainer.is_global_zero:
         print(batch_line)
@@ -98,6 +106,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test") and stopped is None:
         trainer.test(module, datamodule=datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if stopped is None:
+        metrics.update(_validate_if_missing(cfg, trainer, module, datamodule, metrics))
     metrics.update(train_seconds=elapsed, global_step=trainer.global_step, params=module.num_parameters())
     if stopped is not None:
         metrics["stopped_by_signal"] = stopped
@@ -107,6 +117,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     finish_loggers(loggers, trainer.is_global_zero)  # one W&B run per job, even in multiruns; prints `wandb sync`
     _exit_after_signal(stopped, callbacks, trainer)
     return metrics
+
+
+def _validate_if_missing(cfg: DictConfig, trainer, module, datamodule, metrics: dict[str, float]) -> dict[str, float]:
+    """A run that ended before its first validation (trainer.max_steps < trainer.val_check_interval, as in a
+    quick sweep) has no val/* metric, and a sweeper would get None for ``optimized_metric`` (Optuna then
+    aborts with "No trials are completed yet"): validate once now, so every run returns its metric."""
+    wanted = cfg.get("optimized_metric")
+    if not wanted or wanted in metrics or not str(wanted).startswith("val/") or not trainer.limit_val_batches:
+        return {}
+    if trainer.is_global_zero:
+        print(f"[diffexp] optimized_metric={wanted} was not computed during training (no validation ran before "
+              f"step {trainer.global_step}); validating once now", flush=True)
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and k.startswith("val/")}
 
 
 def _print_summary(out_dir: Path, callbacks, metrics: dict[str, float]) -> None:
@@ -126,7 +150,8 @@ def _print_summary(out_dir: Path, callbacks, metrics: dict[str, float]) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with ddp_job():  # a sequential sweep's next job launches its own DDP ranks
+    # A mistake in the config or data: one message naming the key or file, exit status 2 (DIFFEXP_DEBUG=1: traceback).
+    with user_errors("train"), ddp_job():  # a sequential sweep's next job launches its own DDP ranks
         metrics = train(cfg)
     value = metrics.get(cfg.get("optimized_metric") or "")
     return None if value is None or math.isnan(value) else value

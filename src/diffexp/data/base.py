@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from diffexp.errors import DataError
 from diffexp.resume import ResumableDataLoader
 from diffexp.rng import derive_seed
 
@@ -199,8 +200,33 @@ class BaseDataModule(L.LightningDataModule):
                 splits[split] = (x[: int(n)], y[: int(n)])
         for split, (x, _) in splits.items():
             if tuple(x.shape[1:]) != tuple(self.data_shape):
-                raise ValueError(f"{self.name} {split}: data shape {tuple(x.shape[1:])} != {self.data_shape}")
+                raise DataError(f"data ({self.name}) {split} split: examples of shape {tuple(x.shape[1:])}, "
+                                f"expected {self.data_shape}")
         self._splits = {k: (x.contiguous(), y.long().contiguous()) for k, (x, y) in splits.items()}
+
+    def check(self, world_size: int = 1) -> None:
+        """Load the data now, before the Trainer starts, and reject what cannot be trained on, each with one
+        message: missing or unreadable files (named, from :meth:`setup`), an empty training split, NaN/inf
+        values (bad data, named by split and example index: otherwise it surfaces later as a non-finite
+        loss that looks like a learning-rate problem) and a batch larger than the training split each of
+        the ``world_size`` processes reads (it would train silently on one short batch per epoch)."""
+        self.setup()
+        n_train = len(self._splits["train"][0]) if "train" in self._splits else 0
+        if n_train == 0:
+            raise DataError(f"data ({self.name}): the training split is empty; check data.* (subset, sizes, root)")
+        for split, (x, _) in self._splits.items():
+            if not x.is_floating_point() or len(x) == 0:
+                continue  # integer storage (uint8 images) cannot hold NaN/inf
+            finite = torch.isfinite(x.reshape(len(x), -1)).all(1)
+            if not bool(finite.all()):
+                bad = (~finite).nonzero().flatten()
+                raise DataError(f"bad data ({self.name}) {split} split: {len(bad)} of {len(x)} examples hold NaN/inf "
+                                f"values (first: example {int(bad[0])}); fix the data (or its data.* options)")
+        per_process = n_train // max(1, world_size)
+        if self.batch_size > per_process:
+            procs = f" split over {world_size} processes" if world_size > 1 else ""
+            raise DataError(f"data.batch_size={self.batch_size} is larger than the training split ({n_train} examples"
+                            f"{procs}): use data.batch_size <= {per_process}, or more data")
 
     @property
     def splits(self) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from diffexp.data.base import BaseDataModule, as_tensors, split_off
-from diffexp.data.readers import DatasetNotFoundError, read_cifar_batch
+from diffexp.data.readers import DatasetNotFoundError, read_cifar_batch, reading
 
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILES = ["test_batch"]
@@ -41,12 +41,16 @@ class CIFAR10DataModule(BaseDataModule):
         raise DatasetNotFoundError(
             self.name, [d / f for d in dirs for f in TRAIN_FILES + TEST_FILES],
             "Not available offline: extract cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) "
-            f"into {self.root}.",
+            f"into {self.root}.", root=self.root,
         )
 
     def _load(self):
         d = self._folder()
-        read = lambda files: as_tensors(*(np.concatenate(a) for a in zip(*[read_cifar_batch(d / f) for f in files])))
+        def batch(path):
+            with reading(path, "CIFAR-10 batch"):
+                return read_cifar_batch(path)
+
+        read = lambda files: as_tensors(*(np.concatenate(a) for a in zip(*[batch(d / f) for f in files])))
         train = read(TRAIN_FILES)
         train, val = split_off(*train, self.val_size, self.split_seed)
         return {"train": train, "val": val, "test": read(TEST_FILES)}

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from diffexp.data.base import BaseDataModule, split_off
-from diffexp.data.readers import DatasetNotFoundError
+from diffexp.data.readers import DatasetNotFoundError, reading
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -30,7 +30,7 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
     """Decode, convert to L/RGB, resize the shorter side to ``size`` (bicubic), centre-crop -> uint8 (C,H,W)."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    with reading(path, "image"), Image.open(path) as im:
         im = im.convert({1: "L", 3: "RGB"}[channels])
         w, h = im.size
         s = size / min(w, h)
@@ -68,7 +68,8 @@ class ImageFolderDataModule(BaseDataModule):
         self.files, self.labels, self.classes = scan_folder(self.root, use_labels=use_labels)
         if not self.files:
             raise DatasetNotFoundError(self.name, [self.root / f"**/*{e}" for e in EXTENSIONS],
-                                       f"Put images (optionally in one sub-folder per class) under {self.root}.")
+                                       f"Put images (optionally in one sub-folder per class) under {self.root}.",
+                                       root=self.root)
         self.num_classes = len(self.classes) or None
         self.data_shape = (self.channels, self.image_size, self.image_size)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from diffexp.data.base import BaseDataModule, as_tensors, resize_images, split_off
-from diffexp.data.readers import DatasetNotFoundError, find_file, load_mnist_pkl, read_idx
+from diffexp.data.readers import DatasetNotFoundError, find_file, load_mnist_pkl, read_idx, reading
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -29,7 +29,11 @@ def load_idx_splits(dirs: list[Path]) -> dict[str, tuple[np.ndarray, np.ndarray]
         paths = [find_file(dirs, [n + ".gz", n]) for n in names]
         if None in paths:
             return None
-        out[split] = (read_idx(paths[0]), read_idx(paths[1]).astype(np.int64))
+        with reading(paths[0], "idx file"):
+            images = read_idx(paths[0])
+        with reading(paths[1], "idx file"):
+            labels = read_idx(paths[1]).astype(np.int64)
+        out[split] = (images, labels)
     return out
 
 
@@ -79,7 +83,8 @@ class MNISTDataModule(BaseDataModule):
         """Full train (60k) and test (10k) as numpy, from the pickle or the idx files."""
         pkl = self.root / self.pkl_name if self.pkl_name else None
         if pkl is not None and self.source != "idx" and pkl.is_file():
-            d = load_mnist_pkl(pkl)
+            with reading(pkl, "MNIST pickle"):
+                d = load_mnist_pkl(pkl)
             train = tuple(np.concatenate([a, b]) for a, b in zip(d["train"], d["valid"]))
             return {"train": train, "test": d["test"]}
         if self.source != "pkl":
@@ -89,7 +94,8 @@ class MNISTDataModule(BaseDataModule):
         raise DatasetNotFoundError(
             self.name, self._searched(),
             ("Needed: " + (f"{self.pkl_name}, or " if pkl is not None and self.source != "idx" else "")
-             + "all four idx files (with or without .gz) in one of those folders.\n" + self.fetch_hint),
+             + "all four idx files (with or without .gz) in one of those folders. " + self.fetch_hint),
+            root=self.root,
         )
 
     def _load(self):

@@ -12,21 +12,43 @@ import functools
 import gzip
 import os
 import pickle
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from diffexp.errors import UserError, unreadable
 
 # idx type codes -> numpy dtypes (big-endian where it matters)
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset's files are missing; the message lists what was looked for, where, and how to get it."""
+class DatasetNotFoundError(UserError, FileNotFoundError):
+    """A dataset's files are missing; the message says what was looked for, where, and how to get it, in
+    two lines (folders once, file names once): ``data.root=<root>: <dataset> data not found in <folders>
+    (looked for <names>)`` then the hint."""
 
-    def __init__(self, dataset: str, searched: list[str | Path], hint: str):
+    def __init__(self, dataset: str, searched: list[str | Path], hint: str, root: str | Path | None = None):
         self.dataset, self.searched, self.hint = dataset, [str(p) for p in searched], hint
-        lines = "\n".join(f"  - {p}" for p in self.searched)
-        super().__init__(f"{dataset} data not found. Looked for:\n{lines}\n{hint}")
+        folders = list(dict.fromkeys(str(Path(p).parent) for p in self.searched))
+        names = list(dict.fromkeys(Path(p).name for p in self.searched))
+        where = f"data.root={root}: " if root is not None else ""
+        super().__init__(f"{where}{dataset} data not found in {', '.join(folders)} (looked for {', '.join(names)})."
+                         f"\n{hint}")
+
+
+@contextmanager
+def reading(path: str | Path, what: str = "file") -> Iterator[None]:
+    """Turn a reader's failure on ``path`` (truncated gzip, bad pickle, bad header, I/O error, undecodable
+    image) into a :class:`~diffexp.errors.DataError` that names the file."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, pickle.UnpicklingError, zlib.error) as e:
+        raise unreadable(path, e, what) from e
 
 
 def _open(path: str | Path):

@@ -44,6 +44,8 @@ class Toy2DDataModule(BaseDataModule):
             raise ValueError(f"unknown toy2d dataset {dataset!r}; choose from {DATASETS}")
         self.dataset_name, self.name = dataset, dataset
         self.sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
+        if min(self.sizes.values()) < 0:
+            raise ValueError(f"split sizes must be >= 0, got num_train={num_train}, num_val={num_val}, num_test={num_test}")
         self.data_seed, self.noise, self.std = int(data_seed), float(noise), float(std)
         if means is None:
             a = torch.arange(num_components, dtype=torch.float64) * (2 * math.pi / num_components)
@@ -83,7 +85,8 @@ class Toy2DDataModule(BaseDataModule):
         return x.float(), y
 
     def _load(self):
-        return {s: self.sample(n, torch.Generator().manual_seed(self.data_seed + i))
+        empty = (torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))  # (an empty train split is reported by check())
+        return {s: self.sample(n, torch.Generator().manual_seed(self.data_seed + i)) if n > 0 else empty
                 for i, (s, n) in enumerate(self.sizes.items())}
 
     def _key_params(self):
