@@ -197,7 +197,7 @@ def test_nan_in_a_batch_is_reported_as_bad_data_not_the_learning_rate(tmp_path, 
     code, _, err = run_cli(train_cli.main, [*TOY, "+callbacks.poison._target_=test_user_errors.PoisonBatch",
                                             f"paths.log_dir={tmp_path}"], capsys)
     assert code == EXIT_USER_ERROR, err[-3000:]
-    assert "bad data: 1 of 16 examples of the training batch at step 1 hold NaN/inf" in err, err
+    assert "at step 1: bad data, 1 of 16 examples of the training batch hold NaN/inf values" in err, err
     assert "not a learning-rate problem" in err and "Lower the learning rate" not in err
 
 

@@ -168,8 +168,7 @@ class DiffusionModule(L.LightningModule):
             self._bad_loss = f"loss {float(out.loss)} (terms: {terms})"
             finite = torch.isfinite(x.flatten(1)).all(1)
             if not bool(finite.all()):  # the data, not the optimisation: say so instead of "lower the lr"
-                self._bad_data = (f"{int((~finite).sum())} of {len(finite)} examples of the training batch at step "
-                                  f"{self.global_step} hold NaN/inf values")
+                self._bad_data = f"{int((~finite).sum())} of {len(finite)} examples of the training batch hold NaN/inf values"
             if saved:  # e.g. the importance sampler's loss history must not take the non-finite values
                 self.objective.load_state_dict(saved)
             if self.nonfinite == "raise" and self._world_size() == 1:
@@ -189,14 +188,15 @@ class DiffusionModule(L.LightningModule):
         return {k: v.clone() for k, v in state.items()} if state else None
 
     def _nonfinite_message(self, what: str) -> str:
-        if self._bad_data is not None:
-            return (f"bad data: {self._bad_data}, which made the {what.removeprefix('non-finite ')} non-finite. "
-                    "This is not a learning-rate problem: find and fix the NaN/inf values in the data (data.*).")
         last = None
         cb = getattr(self._trainer, "checkpoint_callback", None) if self._trainer is not None else None
         if cb is not None:
             last = getattr(cb, "last_model_path", None) or getattr(cb, "best_model_path", None)
         kept = f"the last good checkpoint is kept: {last}" if last else "no checkpoint was written after it"
+        if self._bad_data is not None:  # the input itself: lowering the learning rate would not help
+            return (f"{what} at step {self.global_step}: bad data, {self._bad_data}. This is not a learning-rate "
+                    f"problem: fix the data (data.*). Training stopped and {kept} (module.nonfinite=skip would skip "
+                    "such steps).")
         return (f"{what} at step {self.global_step}; training stopped and {kept}. "
                 "Lower the learning rate, clip gradients (trainer.gradient_clip_val), or set "
                 "module.nonfinite=skip to skip such steps.")

@@ -46,9 +46,8 @@ def user_message(error: BaseException) -> str | None:
         error = error.__cause__  # e.g. a data module whose constructor found no files
     if isinstance(error, UserError):
         return str(error).strip() or type(error).__name__
-    from omegaconf.errors import MissingMandatoryValue
-
     from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from omegaconf.errors import MissingMandatoryValue
 
     if isinstance(error, MisconfigurationException):  # Lightning's word for a contradictory trainer/callback setup
         return f"trainer/callbacks: {str(error).strip()}"
