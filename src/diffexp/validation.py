@@ -162,11 +162,12 @@ def _check_samplers(cfg: DictConfig, process, errors: list[str]) -> None:
             errors.append(f"{where}{detail}: {e}")
 
 
-def check_samplers(cfg: DictConfig, num_timesteps: int | None = None) -> list[str]:
+def check_samplers(cfg: DictConfig, process=None) -> list[str]:
     """The problems of every sampler config in ``cfg`` (``sampler`` and callbacks' samplers), for tools
-    that check a sampler against a checkpoint's schedule (sample.py, evaluate.py)."""
+    that check a sampler against a checkpoint's process (sample.py, evaluate.py); ``process=None``: the
+    options alone."""
     errors: list[str] = []
-    _check_samplers(cfg, num_timesteps, errors)
+    _check_samplers(cfg, process, errors)
     return errors
 
 

@@ -87,7 +87,7 @@ def check_sample_config(cfg: DictConfig) -> None:
 
 def check_against_checkpoint(cfg: DictConfig, module) -> None:
     """After loading: the sampler fits the checkpoint's schedule, labels and guidance fit its classes."""
-    errors = check_samplers(cfg, int(module.schedule.num_timesteps))
+    errors = check_samplers(cfg, module.process)
     k = module.num_classes
     label = cfg.get("class_label")
     if k is None and (label is not None or cfg.get("guidance_scale", 1.0) != 1.0):

@@ -54,6 +54,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from diffexp.atomic import atomic_write_json  # noqa: E402
+from diffexp.cli.checks import check_against_checkpoint, check_evaluate_config, check_nll_against_checkpoint  # noqa: E402
 from diffexp.interop.pretrained import load_model  # noqa: E402
 from diffexp.latent import image_range, image_shape, label_latent_nll, nll_datamodule, to_images  # noqa: E402
 from diffexp.metrics import compute_metrics  # noqa: E402
@@ -75,7 +76,6 @@ from diffexp.metrics.selection import (  # noqa: E402
     reference_split,
     resolve_metrics,
 )
-from diffexp.cli.checks import check_against_checkpoint, check_evaluate_config, check_nll_against_checkpoint  # noqa: E402
 from diffexp.metrics.summary import RECORD, write_summary  # noqa: E402
 from diffexp.validation import ConfigError  # noqa: E402
 
