@@ -279,6 +279,7 @@ def test_sample_and_evaluate_cli_read_a_diffusers_pipeline(unet_ckpt, tmp_path):
                   tmp_path / "s")
     record = sample(cfg)
     assert record["pretrained"] and record["checkpoint"] == str(folder.resolve()) and record["nfe"] == 8
+    assert record["weights"] == "pretrained"  # a folder diffexp did not write: not claimed as EMA or raw
     images = np.load(tmp_path / "s" / "run" / "samples.npz")["images"]
     pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler.from_config(
         {**sched.config, "timestep_spacing": "linspace", "variance_type": "fixed_large"}))
@@ -325,5 +326,8 @@ def test_safetensors_export_of_a_diffexp_network(tmp_path):
         assert torch.equal(exported.net(x, t), module.ema.net(x, t))
     assert exported.schedule.num_timesteps == 50 and exported.prediction == module.prediction
     assert load_model(pretrained=str(out)).checkpoint_info["weights"] == "ema"  # pretrained=DIR reads it too
+    rec = sample(compose("sample", [f"pretrained={out}", "sampler=ddim", "sampler.steps=3", "num_samples=4"],
+                         tmp_path / "s"))
+    assert rec["weights"] == "ema" and rec["pretrained"]  # the exported weights, as diffexp.json says
     samples = DDPMSampler(steps=5)(exported.denoiser(), shape=(2,), seeds=[0, 1, 2])
     assert samples.shape == (3, 2) and torch.isfinite(samples).all()

@@ -129,7 +129,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if "nll" in metrics:
         check_nll_against_checkpoint(cfg, module)
     info = module.checkpoint_info
-    weights = "ema" if (cfg.ema and module.uses_ema) else "raw"
+    weights = "ema" if (cfg.ema and module.uses_ema) else module.checkpoint_info.get("weights", "raw")
     dm = _datamodule(cfg, module)
     out_dir.mkdir(parents=True, exist_ok=True)
     T = module.schedule.num_timesteps

@@ -84,7 +84,7 @@ def sample(cfg: DictConfig) -> dict:
         "checkpoint": str(Path(module.checkpoint_info["path"]).resolve()),
         "pretrained": bool(module.checkpoint_info.get("pretrained", False)),
         "global_step": module.checkpoint_info["global_step"],
-        "weights": "ema" if (cfg.ema and module.uses_ema) else "raw",
+        "weights": "ema" if (cfg.ema and module.uses_ema) else module.checkpoint_info.get("weights", "raw"),  # pretrained=DIR: as stored
         "sampler": sampler.name,
         "sampler_config": OmegaConf.to_container(cfg.sampler, resolve=True),
         "nfe": nfe,
