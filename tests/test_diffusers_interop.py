@@ -156,6 +156,17 @@ def test_adapters_follow_the_denoiser_contract():
         DiffusersDiT(1, 8, patch_size=3)
 
 
+@pytest.mark.parametrize("model", ["diffusers_unet", "diffusers_dit"])
+def test_shipped_model_configs_build_for_mnist(model):
+    """conf/model/diffusers_*.yaml as shipped: built for 28x28 MNIST (as train.py does), a forward pass."""
+    from diffexp.build import build_net
+
+    net = build_net(compose("train", [f"model={model}"]), (1, 28, 28), None).eval()
+    assert 0.5e6 < sum(p.numel() for p in net.parameters()) < 6e6  # small, CPU-sized defaults
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 28, 28), torch.tensor([0, 999])).shape == (2, 1, 28, 28)
+
+
 @pytest.mark.parametrize("model", ["unet", "dit"])
 def test_diffusers_networks_train_conditional_with_every_part(model, tmp_path):
     """model=diffusers_* trains through the framework (class-conditional with label dropout, v target,
