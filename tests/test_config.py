@@ -73,6 +73,11 @@ def _instantiate_option(cfg: DictConfig, group: str) -> None:
     if group == "trainer":
         _target_accepts(node)
         return
+    if group == "process":  # ddpm runs over the schedule group
+        from diffexp.build import build_process
+
+        assert build_process(cfg).name == OmegaConf.select(cfg, "hydra.runtime.choices.process")
+        return
     obj = instantiate(node)
     assert obj is not None
 

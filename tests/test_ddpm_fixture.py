@@ -45,7 +45,7 @@ def test_old_checkpoint_has_no_process_key_and_loads_as_ddpm(loaded):
 
     module, _ = loaded
     assert "process" not in module.config
-    assert isinstance(module.process, DiffusionProcess) and module.process.num_timesteps == 100
+    assert isinstance(module.process, DiffusionProcess) and module.process.is_discrete and module.process.num_timesteps == 100
 
 
 def test_losses_and_samples_are_bit_identical(loaded):

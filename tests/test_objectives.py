@@ -21,7 +21,7 @@ from diffexp.objectives import (
     SimpleObjective,
     snr_weight,
 )
-from diffexp.process import PREDICTION_TARGETS, DiffusionProcess, Prediction
+from diffexp.process import DDPM_TARGETS, DiffusionProcess, Prediction
 
 MU = torch.tensor([0.3, -0.2], dtype=torch.float64)
 SIGMA = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)
@@ -81,7 +81,7 @@ OBJECTIVES = {
 }
 
 
-@pytest.mark.parametrize("name,prediction", list(itertools.product(OBJECTIVES, PREDICTION_TARGETS)))
+@pytest.mark.parametrize("name,prediction", list(itertools.product(OBJECTIVES, DDPM_TARGETS)))
 def test_bayes_optimal_output_minimises_objective(name, prediction):
     process = DiffusionProcess(S.cosine(50))
     obj = OBJECTIVES[name]()
@@ -171,14 +171,14 @@ def test_snr_weights_closed_form_and_zero_terminal_snr():
     )
     xt = process.q_sample(x0, t, eps)
     truth, snr_t = process.targets(x0, eps, xt, t), process.schedule.snr[t]
-    for pred, wt in itertools.product(PREDICTION_TARGETS, ["min_snr", "p2"]):
+    for pred, wt in itertools.product(DDPM_TARGETS, ["min_snr", "p2"]):
         out = truth.target(pred) + 0.1 * torch.randn(64, 2, generator=g, dtype=torch.float64)
         eps_err = ((process.predict(out, xt, t, pred).eps - eps) ** 2).sum(1)
         tgt_err = ((out - truth.target(pred)) ** 2).sum(1)
         torch.testing.assert_close(snr_weight(snr_t, pred, wt) * tgt_err, snr_weight(snr_t, "eps", wt) * eps_err)
 
 
-@pytest.mark.parametrize("prediction", PREDICTION_TARGETS)
+@pytest.mark.parametrize("prediction", DDPM_TARGETS)
 def test_losses_finite_under_zero_terminal_snr(prediction):
     sched = S.linear(20, zero_terminal_snr=True)
     process = DiffusionProcess(sched)

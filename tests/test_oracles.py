@@ -10,7 +10,7 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 from diffexp import schedules
 from diffexp.denoiser import Denoiser
 from diffexp.oracles import GaussianMixtureOracle, GaussianOracle
-from diffexp.process import PREDICTION_TARGETS, DiffusionProcess
+from diffexp.process import DDPM_TARGETS, DiffusionProcess
 
 F64 = torch.float64
 W = torch.tensor([0.2, 0.3, 0.5], dtype=F64)
@@ -78,7 +78,7 @@ def test_gaussian_oracle_is_one_component_mixture_and_zero_terminal_snr():
     torch.testing.assert_close(x0, mu.expand(32, 2))
 
 
-@pytest.mark.parametrize("prediction", PREDICTION_TARGETS)
+@pytest.mark.parametrize("prediction", DDPM_TARGETS)
 def test_every_prediction_target_acts_as_the_same_perfect_model(prediction):
     """Denoiser(oracle(prediction), prediction) reads back the same x̂_0 and ε̂ as the ε oracle, for
     integer and fractional t, and 4-D image-shaped inputs (flattened to D)."""

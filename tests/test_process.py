@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffexp import schedules as S
-from diffexp.process import PREDICTION_TARGETS, DiffusionProcess
+from diffexp.process import DDPM_TARGETS, DiffusionProcess
 
 
 def joint_conditioning(ab_prev, alpha, x0, xt):
@@ -56,7 +56,7 @@ def test_q_sample_moments_monte_carlo():
         assert abs(xt.var().item() - v_ref) < 5 * v_ref * np.sqrt(2 / (n - 1))
 
 
-@pytest.mark.parametrize("src,dst", list(itertools.product(PREDICTION_TARGETS, PREDICTION_TARGETS)))
+@pytest.mark.parametrize("src,dst", list(itertools.product(DDPM_TARGETS, DDPM_TARGETS)))
 def test_conversion_round_trip(src, dst):
     s = S.cosine(100)
     p = DiffusionProcess(s)

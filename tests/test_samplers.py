@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from diffexp import schedules
 from diffexp.denoiser import Denoiser
 from diffexp.oracles import GaussianMixtureOracle, GaussianOracle
-from diffexp.process import PREDICTION_TARGETS, DiffusionProcess
+from diffexp.process import DDPM_TARGETS, DiffusionProcess
 from diffexp.samplers import (
     SAMPLERS,
     AdaptiveODESampler,
@@ -127,7 +127,7 @@ def test_samplers_reproduce_a_gaussian(sampler):
     assert_gaussian(sample(sampler, gaussian_model(), 4000), MU, COV)
 
 
-@pytest.mark.parametrize("prediction", PREDICTION_TARGETS)
+@pytest.mark.parametrize("prediction", DDPM_TARGETS)
 @pytest.mark.parametrize(
     "sampler", [DDPMSampler(), DDIMSampler(steps=200), HeunSampler(steps=40)], ids=lambda s: s.name
 )

@@ -18,8 +18,8 @@ from diffexp.checkpoint import CHECKPOINT_KEY, CheckpointError, read_checkpoint
 from diffexp.module import DiffusionModule
 from diffexp.validation import ConfigError
 
-__all__ = ["CheckpointError", "ConfigError", "build_module", "build_net", "data_info", "load_denoiser", "load_module",
-           "read_checkpoint", "resolve_num_classes"]
+__all__ = ["CheckpointError", "ConfigError", "build_module", "build_net", "build_process", "data_info", "load_denoiser",
+           "load_module", "read_checkpoint", "resolve_num_classes"]
 
 
 def data_info(datamodule) -> dict[str, Any]:
@@ -99,15 +99,36 @@ def _instantiate_checked(node):
         raise
 
 
+def is_ddpm(cfg: DictConfig) -> bool:
+    """Whether the config trains the discrete ddpm chain: ``process: ddpm``, or no ``process`` key at all
+    (configs, experiments and checkpoints from before the process families)."""
+    node = cfg.get("process")
+    return node is None or str(node.get("_target_", "")).endswith("DiffusionProcess")
+
+
+def build_process(cfg: DictConfig, schedule=None):
+    """The process of ``cfg.process`` (group ``process``); ddpm (and a config without the key) runs over
+    ``cfg.schedule``, the other families ignore the schedule group."""
+    if is_ddpm(cfg):
+        from diffexp.process import DiffusionProcess
+
+        return DiffusionProcess(schedule if schedule is not None else instantiate(cfg.schedule))
+    try:
+        return instantiate(cfg.process)
+    except Exception as e:  # noqa: BLE001  (Hydra wraps the family's ValueError)
+        cause = e.__cause__ or e
+        raise ConfigError(f"process ({cfg.process.get('_target_', '?')}): {cause}") from e
+
+
 def build_module(cfg: DictConfig, info: dict[str, Any]) -> DiffusionModule:
     num_classes = resolve_num_classes(cfg, info.get("num_classes"))
     net = build_net(cfg, info["data_shape"], num_classes)
-    schedule = instantiate(cfg.schedule)
+    process = build_process(cfg)
+    schedule = process.schedule
     if cfg.model.get("energy", False):  # score = −∇_x E by autograd (diffexp.models.energy)
         from diffexp.models.energy import EnergyNet
-        from diffexp.process import DiffusionProcess
 
-        net = EnergyNet(net, DiffusionProcess(schedule), cfg.prediction, head=cfg.model.get("energy_head", "l2"))
+        net = EnergyNet(net, process, cfg.prediction, head=cfg.model.get("energy_head", "l2"))
     objective = instantiate(cfg.objective)
     module_cfg = OmegaConf.to_container(cfg.module, resolve=True) if "module" in cfg else {}
     optimizer = instantiate(cfg.optimizer) if "optimizer" in cfg else None
@@ -125,6 +146,7 @@ def build_module(cfg: DictConfig, info: dict[str, Any]) -> DiffusionModule:
         data_range=tuple(data_range) if data_range is not None else None,
         seed=int(cfg.get("seed", 0)),
         config=OmegaConf.to_container(cfg, resolve=True),
+        process=process,
         **module_cfg,
     )
     if cfg.get("latent") or cfg.get("latent_autoencoder"):  # latent diffusion: a frozen first stage decodes samples

@@ -14,34 +14,36 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from diffexp.process import DiffusionProcess, Prediction, check_prediction
+from diffexp.process import Prediction, Process
 
 
 class Denoiser:
     def __init__(
         self,
         net: nn.Module,
-        process: DiffusionProcess,
+        process: Process,
         prediction: str = "eps",
         num_classes: int | None = None,
         data_range: tuple[float, float] | None = (-1.0, 1.0),
     ):
         self.net = net
         self.process = process
-        self.prediction = check_prediction(prediction)
+        self.prediction = process.check_prediction(prediction)
         self.num_classes = num_classes
         # Range x̂_0 is clipped to by samplers with clip_denoised on; None for unbounded data (toy2d).
         self.data_range = data_range
 
     @property
-    def num_timesteps(self) -> int:
+    def num_timesteps(self) -> int | None:
         return self.process.num_timesteps
 
     def raw(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """The bare network output (one function evaluation)."""
+        """The bare network output (one function evaluation) at process time t; the network receives
+        ``process.net_time(t)`` (the index itself on ddpm)."""
+        net_t = self.process.net_time(t)
         if y is None:
-            return self.net(x_t, t)
-        return self.net(x_t, t, y=y)
+            return self.net(x_t, net_t)
+        return self.net(x_t, net_t, y=y)
 
     @torch.no_grad()
     def __call__(

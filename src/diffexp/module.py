@@ -30,7 +30,7 @@ from diffexp.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEY, CheckpointErro
 from diffexp.denoiser import Denoiser
 from diffexp.ema import EMA, PowerEMA
 from diffexp.errors import NonFiniteError
-from diffexp.process import DiffusionProcess, check_prediction
+from diffexp.process import DiffusionProcess, Process
 from diffexp.rng import derive_seed, make_generator
 from diffexp.schedules import NoiseSchedule
 
@@ -41,7 +41,7 @@ class DiffusionModule(L.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        schedule: NoiseSchedule,
+        schedule: NoiseSchedule | None,
         objective: Any,
         prediction: str = "eps",
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
@@ -57,13 +57,20 @@ class DiffusionModule(L.LightningModule):
         nonfinite: str = "raise",
         compile: bool | dict = False,
         posthoc_ema: dict | None = None,
+        process: Process | None = None,
     ):
         super().__init__()
         self.net = net
-        self.schedule = schedule
-        self.process = DiffusionProcess(schedule)
+        # ``process``: any family of diffexp.processes; None builds the ddpm chain over ``schedule`` (as
+        # before the families existed). ``schedule`` is the ddpm schedule, None on continuous families.
+        if process is None:
+            if schedule is None:
+                raise ValueError("give a process or a ddpm schedule")
+            process = DiffusionProcess(schedule)
+        self.process = process
+        self.schedule = process.schedule
         self.objective = objective
-        self.prediction = check_prediction(prediction)
+        self.prediction = process.check_prediction(prediction)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup) if ema_decay > 0 else None
@@ -87,7 +94,7 @@ class DiffusionModule(L.LightningModule):
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
         self.nonfinite = nonfinite
         if hasattr(objective, "validate"):
-            objective.validate(prediction, schedule, data_range=self.data_range)
+            objective.validate(prediction, process, data_range=self.data_range)
         self.skipped_steps = 0  # optimizer steps skipped for non-finite values (nonfinite=skip)
         self._bad_loss: str | None = None  # description of a non-finite micro-batch loss since the last step
         self._bad_data: str | None = None  # set when that micro-batch's input itself held NaN/inf
@@ -111,9 +118,11 @@ class DiffusionModule(L.LightningModule):
 
     # ---- helpers --------------------------------------------------------------------------------
     def _net_fn(self, net: nn.Module):
+        """``fn(x_t, t, y)`` at process time t: the network receives ``process.net_time(t)`` (ddpm: t itself)."""
+        net_time = self.process.net_time
         if self.num_classes is None:
-            return lambda x_t, t, y=None: net(x_t, t)
-        return lambda x_t, t, y=None: net(x_t, t, y=y)
+            return lambda x_t, t, y=None: net(x_t, net_time(t))
+        return lambda x_t, t, y=None: net(x_t, net_time(t), y=y)
 
     def _labels(self, y: Tensor, generator: torch.Generator | None) -> Tensor | None:
         if self.num_classes is None:
@@ -131,8 +140,7 @@ class DiffusionModule(L.LightningModule):
         for name, value in out.terms.items():
             self.log(f"{prefix}/{name}", value, batch_size=batch_size, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
         # Loss per quarter of the t range: where in the process the model is still bad.
-        T = self.schedule.num_timesteps
-        quarter = (out.t.long() * 4) // T
+        quarter = self._quarter(out.t)
         for q in range(4):
             mask = quarter == q
             if bool(mask.any()):
@@ -140,6 +148,13 @@ class DiffusionModule(L.LightningModule):
                     f"{prefix}/loss_t{q}", out.per_sample[mask].mean(), batch_size=int(mask.sum()),
                     on_step=on_step, on_epoch=not on_step, sync_dist=not on_step,
                 )
+
+    def _quarter(self, t: Tensor) -> Tensor:
+        """Which quarter of the process's t range each t lies in (ddpm: index·4 // T)."""
+        p = self.process
+        if p.is_discrete:
+            return (t.long() * 4) // p.num_timesteps
+        return (4 * (t.double() - p.t_min) / (p.t_max - p.t_min)).long().clamp(0, 3)
 
     def _logging_step(self) -> bool:
         """Whether this training step's logged values are written to the loggers (Lightning writes on-step
@@ -252,8 +267,12 @@ class DiffusionModule(L.LightningModule):
     def _eval_step(self, batch, batch_idx, prefix: str):
         x, y = batch
         g = make_generator(x.device, self.seed, prefix, self.global_rank, batch_idx)
-        T = self.schedule.num_timesteps
-        t = torch.randint(0, T, (x.shape[0],), generator=g, device=x.device)
+        p = self.process
+        if p.is_discrete:
+            t = torch.randint(0, p.num_timesteps, (x.shape[0],), generator=g, device=x.device)
+        else:  # U[t_min, t_max] for every continuous family (a pinned, objective-independent validation t)
+            u = torch.rand(x.shape[0], generator=g, device=x.device, dtype=torch.float64)
+            t = p.t_min + (p.t_max - p.t_min) * u
         noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
         net = self.sampling_net(ema=True)
         labels = y.long() if self.num_classes is not None else None
@@ -285,7 +304,8 @@ class DiffusionModule(L.LightningModule):
             "data_range": list(self.data_range) if self.data_range is not None else None,
             "num_classes": self.num_classes,
             "prediction": self.prediction,
-            "num_timesteps": self.schedule.num_timesteps,
+            "num_timesteps": self.process.num_timesteps,
+            "process": self.process.name,
             "ema_updates": int(self.ema.num_updates) if self.ema is not None else 0,
             "posthoc_ema_sigma_rel": list(self.phema.sigma_rels) if self.phema is not None else None,
             "skipped_steps": int(self.skipped_steps),
@@ -298,7 +318,7 @@ class DiffusionModule(L.LightningModule):
             raise CheckpointError("not a diffexp checkpoint (no 'diffexp' entry): cannot resume from it")
         diffs = config_mismatches(meta.get("config") or {}, self.config)
         ours = {"data_shape": list(self.data_shape), "num_classes": self.num_classes, "prediction": self.prediction,
-                "num_timesteps": self.schedule.num_timesteps,
+                "num_timesteps": self.process.num_timesteps, "process": self.process.name,
                 "posthoc_ema_sigma_rel": list(self.phema.sigma_rels) if self.phema is not None else None}
         for key, value in ours.items():
             if key in meta and meta[key] != value and not any(key in d.split(":")[0] for d in diffs):
@@ -323,5 +343,5 @@ class DiffusionModule(L.LightningModule):
         return sum(p.numel() for p in self.net.parameters())
 
     def extra_repr(self) -> str:
-        return f"prediction={self.prediction}, T={self.schedule.num_timesteps}, params={self.num_parameters() / 1e6:.2f}M"
+        return f"process={self.process!r}, prediction={self.prediction}, params={self.num_parameters() / 1e6:.2f}M"
 

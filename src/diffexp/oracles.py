@@ -1,6 +1,7 @@
-"""Analytic denoisers: the exact ε*(x_t, t) for Gaussian and Gaussian-mixture data.
+"""Analytic denoisers: the exact ε*(x_t, t) for Gaussian and Gaussian-mixture data, on every process family.
 
-For data x_0 ~ Σ_k w_k N(μ_k, Σ_k) and x_t = a x_0 + s ε (a = √ᾱ_t, s = √(1-ᾱ_t)), the marginal is
+For data x_0 ~ Σ_k w_k N(μ_k, Σ_k) and x_t = a x_0 + s ε (a = α(t), s = σ(t) of any process of
+:mod:`diffexp.processes`; on ddpm a = √ᾱ_t, s = √(1-ᾱ_t)), the marginal is
 
     p_t(x_t) = Σ_k w_k N(x_t; a μ_k, C_k),   C_k = a² Σ_k + s² I,
 
@@ -10,9 +11,12 @@ so with responsibilities r_k(x_t) ∝ w_k N(x_t; a μ_k, C_k) (computed by logsu
     x̂_0*(x_t,t) = E[x_0 | x_t]      = Σ_k r_k (μ_k + a Σ_k C_k⁻¹ (x_t - a μ_k))
 
 (Tweedie's formula; both computed directly, so neither divides by a or s). The oracles are ``nn.Module``s
-obeying the network contract — ``forward(x, t)`` or ``forward(x, t, y=labels)``, float t interpolated as in
-:meth:`DiffusionProcess.scales` — and return the output for the chosen ``prediction`` target through
-:meth:`DiffusionProcess.eps_to_output`, so ``Denoiser(oracle, process, prediction=...)`` is a perfect model.
+obeying the network contract — ``forward(x, t)`` or ``forward(x, t, y=labels)`` where t is what a network
+receives, ``process.net_time(t)`` (the index itself on ddpm, float t interpolated as in
+:meth:`DiffusionProcess.scales`) — and return the output for the chosen ``prediction`` target through
+:meth:`Process.eps_to_output` (every target, velocity included on continuous families), so
+``Denoiser(oracle, process, prediction=...)`` is a perfect model. The methods ``eps_and_x0`` and
+``marginal_log_prob`` take the process time t itself.
 Labels: component k conditions on that component, label K (the null label) is unconditional.
 
 Covariances: a scalar or (K,) tensor of variances (isotropic σ_k² I), a (K, D) tensor (diagonal), or a
@@ -27,15 +31,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-from diffexp.process import DiffusionProcess, check_prediction
+from diffexp.process import DiffusionProcess, Process
 from diffexp.schedules import NoiseSchedule
 
 
 class GaussianMixtureOracle(nn.Module):
-    def __init__(self, weights, means, covs, process: DiffusionProcess | NoiseSchedule, prediction: str = "eps"):
+    def __init__(self, weights, means, covs, process: Process | NoiseSchedule, prediction: str = "eps"):
         super().__init__()
-        self.process = process if isinstance(process, DiffusionProcess) else DiffusionProcess(process)
-        self.prediction = check_prediction(prediction)
+        self.process = process if isinstance(process, Process) else DiffusionProcess(process)
+        self.prediction = self.process.check_prediction(prediction)
         means = torch.as_tensor(means, dtype=torch.float64)
         means = means[None] if means.ndim == 1 else means.flatten(1)
         K, D = means.shape
@@ -103,7 +107,7 @@ class GaussianMixtureOracle(nn.Module):
         return eps.reshape(x.shape), x0.reshape(x.shape)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        t = _as_t(t, x)
+        t = self.process.t_of_net_time(_as_t(t, x))
         eps, x0 = self.eps_and_x0(x, t, y)
         out = self.process.eps_to_output(eps, x0, x.to(torch.float64), t, self.prediction)
         return out.to(x.dtype)
@@ -129,7 +133,7 @@ class GaussianOracle(GaussianMixtureOracle):
     """Exact denoiser for x_0 ~ N(μ, Σ): ε* = s C⁻¹(x_t - aμ), C = a²Σ + s²I. ``cov``: a variance, a
     (D,) diagonal or a (D, D) matrix."""
 
-    def __init__(self, mean, cov, process: DiffusionProcess | NoiseSchedule, prediction: str = "eps"):
+    def __init__(self, mean, cov, process: Process | NoiseSchedule, prediction: str = "eps"):
         mean = torch.as_tensor(mean, dtype=torch.float64).reshape(1, -1)
         cov = torch.as_tensor(cov, dtype=torch.float64)
         cov = cov.reshape(1, -1) if cov.ndim == 1 else cov

@@ -1,204 +1,39 @@
-"""The one algebra of the Gaussian diffusion process.
+"""The one algebra of the Gaussian diffusion process (kept as the import path every module uses).
 
-Every objective and sampler goes through this file for the forward marginal, the posterior and the
-conversions between the four prediction targets, so that each sampler works with each target:
-
-    x_t   = a_t x_0 + s_t ε,            a_t = √ᾱ_t,  s_t = √(1-ᾱ_t)        (Ho et al. eq. 4)
-    v     = a_t ε - s_t x_0                                                 (Salimans & Ho 2022)
-    score = ∇ log q(x_t|x_0) = -ε / s_t                                    (Song & Ermon 2019)
-
-and, inverting, x_0 = (x_t - s_t ε)/a_t = a_t x_t - s_t v, ε = (x_t - a_t x_0)/s_t = s_t x_t + a_t v.
-
-Timesteps ``t`` are integer indices in [0, T) (see :mod:`diffexp.schedules`). Coefficients are kept in
-float64 in the schedule and cast to the dtype and device of the data when gathered.
+The families live in :mod:`diffexp.processes` (the shared algebra and conversions in
+:mod:`diffexp.processes.base`, the discrete DDPM chain in :mod:`diffexp.processes.ddpm`); this module
+re-exports them.
 """
 
-from __future__ import annotations
+from diffexp.processes import (
+    DDPM_TARGETS,
+    PREDICTION_TARGETS,
+    PROCESSES,
+    DiffusionProcess,
+    EDMProcess,
+    FlowProcess,
+    Prediction,
+    Process,
+    SubVPSDEProcess,
+    VEProcess,
+    VPSDEProcess,
+    check_prediction,
+)
+from diffexp.processes.ddpm import gather, is_fractional
 
-from dataclasses import dataclass
-
-import torch
-from torch import Tensor
-
-from diffexp.schedules import NoiseSchedule
-
-PREDICTION_TARGETS = ("eps", "x0", "v", "score")
-
-
-def check_prediction(prediction: str) -> str:
-    if prediction not in PREDICTION_TARGETS:
-        raise ValueError(f"unknown prediction target {prediction!r}; valid targets: {list(PREDICTION_TARGETS)}")
-    return prediction
-
-
-def is_fractional(t: Tensor) -> bool:
-    """Whether a timestep tensor holds non-integer values (only floating tensors can)."""
-    return t.is_floating_point() and bool((t != t.round()).any())
-
-
-def gather(coef: Tensor, t: Tensor, like: Tensor) -> Tensor:
-    """coef[t] reshaped to broadcast against ``like`` (batch first), in its dtype and device.
-
-    ``t`` must be integer-valued (an integer tensor, or a float tensor holding whole numbers). A
-    fractional t raises instead of being truncated: only :meth:`DiffusionProcess.scales` (and
-    so ``q_sample``/``predict``/``eps_to_output``) is defined between the schedule's steps."""
-    if is_fractional(t):
-        raise ValueError(
-            "this coefficient is only defined at integer timesteps; fractional t is supported by "
-            "DiffusionProcess.scales / predict / q_sample (interpolation in log sigma)"
-        )
-    out = coef.to(like.device)[t.to(like.device).long()]
-    return out.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
-
-
-@dataclass
-class Prediction:
-    """A denoiser output read in every parameterisation: x̂_0 and ε̂ are stored, the rest derived."""
-
-    x0: Tensor
-    eps: Tensor
-    x_t: Tensor
-    signal_scale: Tensor  # α(t) of x_t = α x_0 + σ ε (ddpm: √ᾱ_t), broadcastable
-    noise_scale: Tensor  # σ(t) (ddpm: √(1-ᾱ_t)), broadcastable
-
-    @property
-    def v(self) -> Tensor:
-        return self.signal_scale * self.eps - self.noise_scale * self.x0
-
-    @property
-    def score(self) -> Tensor:
-        return -self.eps / self.noise_scale
-
-    def target(self, name: str) -> Tensor:
-        return {"eps": self.eps, "x0": self.x0, "v": self.v, "score": self.score}[check_prediction(name)]
-
-
-class DiffusionProcess:
-    """Forward marginal, posterior and target conversions for a :class:`NoiseSchedule`."""
-
-    def __init__(self, schedule: NoiseSchedule):
-        self.schedule = schedule
-        s = schedule
-        self._sqrt_ab = torch.sqrt(s.alphas_cumprod)
-        self._sqrt_1m_ab = torch.sqrt(1.0 - s.alphas_cumprod)
-        # log σ_t of the equivalent VE process, increasing in t (+inf at a zero-terminal-SNR end).
-        self._log_sigmas = 0.5 * (torch.log1p(-s.alphas_cumprod) - torch.log(s.alphas_cumprod))
-
-    @property
-    def num_timesteps(self) -> int:
-        return self.schedule.num_timesteps
-
-    # ---- coefficients --------------------------------------------------------------------------
-    def scales(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        """(√ᾱ_t, √(1-ᾱ_t)) broadcastable against ``like``.
-
-        Integer-valued t reads the schedule exactly. Fractional t (continuous-noise-level samplers,
-        e.g. Heun on Karras σ's) uses σ(t) = :meth:`sigma` and a = 1/√(1+σ²), s = σ/√(1+σ²)."""
-        if not is_fractional(t):
-            return gather(self._sqrt_ab, t, like), gather(self._sqrt_1m_ab, t, like)
-        log_sigma = torch.log(self.sigma(t))
-        a, s = torch.sigmoid(-2 * log_sigma).sqrt(), torch.sigmoid(2 * log_sigma).sqrt()
-        shape = (-1, *([1] * (like.ndim - 1)))
-        return a.to(like.device, like.dtype).reshape(shape), s.to(like.device, like.dtype).reshape(shape)
-
-    # ---- continuous noise levels (k-diffusion's DiscreteSchedule) --------------------------------
-    def sigma(self, t: Tensor) -> Tensor:
-        """VE noise level σ(t) = √((1-ᾱ)/ᾱ) at a possibly fractional index t ∈ [0, T-1], by linear
-        interpolation of log σ between neighbouring steps (exact at integer t). Float64, t's device."""
-        ls = self._log_sigmas.to(t.device)
-        t = torch.as_tensor(t, device=ls.device).to(torch.float64).clamp(0, ls.numel() - 1)
-        lo = t.floor().long().clamp(max=max(ls.numel() - 2, 0))
-        hi = (lo + 1).clamp(max=ls.numel() - 1)
-        w = t - lo
-        # where() keeps 0·∞ (a zero-terminal-SNR end) out of the integer case
-        log_sigma = torch.where(w == 0, ls[lo], torch.where(w == 1, ls[hi], ls[lo] + w * (ls[hi] - ls[lo])))
-        return log_sigma.exp()
-
-    def t_of_sigma(self, sigma: Tensor | float) -> Tensor:
-        """Inverse of :meth:`sigma`: the fractional index t whose interpolated log σ equals
-        log ``sigma`` (clamped to [σ_0, σ_{T-1}]). Float64."""
-        ls = self._log_sigmas
-        sigma = torch.as_tensor(sigma, dtype=torch.float64)
-        ls = ls.to(sigma.device)
-        log_sigma = sigma.log().clamp(ls[0], ls[-1])
-        if ls.numel() == 1:
-            return torch.zeros_like(log_sigma)
-        hi = torch.searchsorted(ls, log_sigma).clamp(1, ls.numel() - 1)
-        lo = hi - 1
-        w = torch.where(log_sigma >= ls[hi], 1.0, ((log_sigma - ls[lo]) / (ls[hi] - ls[lo])).clamp(0, 1))
-        return lo.to(torch.float64) + w
-
-    # ---- forward process q(x_t | x_0) ----------------------------------------------------------
-    def q_mean_var(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean √ᾱ_t x_0 and variance 1-ᾱ_t of q(x_t|x_0) (Ho et al. eq. 4)."""
-        a, _ = self.scales(t, x0)
-        return a * x0, gather(1.0 - self.schedule.alphas_cumprod, t, x0)
-
-    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε."""
-        a, s = self.scales(t, x0)
-        return a * x0 + s * noise
-
-    # ---- posterior q(x_{t-1} | x_t, x_0) ---------------------------------------------------------
-    def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Mean μ̃_t(x_t, x_0), variance β̃_t and clipped log-variance (Ho et al. eqs. 6-7)."""
-        s = self.schedule
-        mean = gather(s.posterior_mean_coef_x0, t, x_t) * x0 + gather(s.posterior_mean_coef_xt, t, x_t) * x_t
-        return mean, gather(s.posterior_variance, t, x_t), gather(s.posterior_log_variance_clipped, t, x_t)
-
-    def reverse_log_variance(self, t: Tensor, like: Tensor, kind: str) -> Tensor:
-        """log σ_t² of the fixed reverse variance: ``beta`` (σ_t² = β_t for every t, 'fixed large', Ho et
-        al. §3.2, so the decoder L_0 at t = 1 has σ_1² = β_1) or ``beta_tilde`` (σ_t² = β̃_t, 'fixed small',
-        with β̃_1 = 0 replaced by β̃_2). The DDPM code also replaces β_1 by β̃_2 in 'fixed large'; that
-        loosens the bound as T grows (on Gaussian data the gap to the exact NLL rose from 0.06 to 0.28
-        nats from T = 100 to 4000, against 0.019 to 0.0005 with β_1), so diffexp uses the paper's σ_1².
-        Samplers are unaffected: the last step (t = 1) draws no noise. Log-variances are returned, never
-        square-rooted (see PITFALLS: diffusers #14569)."""
-        s = self.schedule
-        if kind == "beta_tilde":
-            return gather(s.posterior_log_variance_clipped, t, like)
-        if kind == "beta":
-            return gather(s.log_betas, t, like)
-        raise ValueError(f"unknown reverse variance {kind!r}; valid: ['beta', 'beta_tilde']")
-
-    # ---- conversions between prediction targets ------------------------------------------------
-    def predict(self, output: Tensor, x_t: Tensor, t: Tensor, prediction: str, clip: tuple[float, float] | None = None) -> Prediction:
-        """Read a network output as ``prediction`` and return x̂_0 and ε̂ (and through them v̂, ŝ).
-
-        ``clip``: clamp x̂_0 to the data range and recompute ε̂ from the clamped x̂_0, so the two stay
-        consistent (as the DDPM/DDIM reference code does)."""
-        a, s = self.scales(t, x_t)
-        if prediction == "eps":
-            eps = output
-            x0 = (x_t - s * eps) / a
-        elif prediction == "x0":
-            x0 = output
-            eps = (x_t - a * x0) / s
-        elif prediction == "v":
-            x0 = a * x_t - s * output
-            eps = s * x_t + a * output
-        elif prediction == "score":
-            eps = -s * output
-            x0 = (x_t - s * eps) / a
-        else:
-            check_prediction(prediction)
-        if clip is not None:
-            x0 = x0.clamp(*clip)
-            eps = (x_t - a * x0) / s
-        return Prediction(x0=x0, eps=eps, x_t=x_t, signal_scale=a, noise_scale=s)
-
-    def targets(self, x0: Tensor, noise: Tensor, x_t: Tensor, t: Tensor) -> Prediction:
-        """The true values of every target for a forward sample x_t = a x_0 + s ε."""
-        a, s = self.scales(t, x_t)
-        return Prediction(x0=x0, eps=noise, x_t=x_t, signal_scale=a, noise_scale=s)
-
-    def eps_to_output(self, eps: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, prediction: str) -> Tensor:
-        """Express a (ε, x_0) pair as the network output for ``prediction`` (inverse of :meth:`predict`);
-        used by analytic oracles that know ε* and must act as a network of any target."""
-        a, s = self.scales(t, x_t)
-        return Prediction(x0=x0, eps=eps, x_t=x_t, signal_scale=a, noise_scale=s).target(prediction)
-
-    def p_mean(self, pred: Prediction, x_t: Tensor, t: Tensor) -> Tensor:
-        """Mean of p_θ(x_{t-1}|x_t) = μ̃_t(x_t, x̂_0) (Ho et al. eq. 11 in x̂_0 form)."""
-        mean, _, _ = self.q_posterior(pred.x0, x_t, t)
-        return mean
+__all__ = [
+    "DDPM_TARGETS",
+    "PREDICTION_TARGETS",
+    "PROCESSES",
+    "DiffusionProcess",
+    "EDMProcess",
+    "FlowProcess",
+    "Prediction",
+    "Process",
+    "SubVPSDEProcess",
+    "VEProcess",
+    "VPSDEProcess",
+    "check_prediction",
+    "gather",
+    "is_fractional",
+]

@@ -276,9 +276,30 @@ def planned_world_size(cfg: DictConfig) -> int:
     return devices * (nodes if _is_int(nodes) and nodes > 0 else 1)
 
 
+def _check_process(cfg: DictConfig, schedule, prediction, errors: list[str]):
+    """Build the process (``process`` group; none = ddpm over ``schedule``) and check the prediction target
+    is defined on it (velocity needs a continuous family). Returns the process, or None."""
+    from diffexp.build import build_process, is_ddpm
+    from diffexp.process import PREDICTION_TARGETS
+
+    if is_ddpm(cfg) and schedule is None:
+        return None
+    try:
+        process = build_process(cfg, schedule)
+    except (ConfigError, ValueError, TypeError) as e:
+        errors.append(str(e))
+        return None
+    if prediction in PREDICTION_TARGETS:
+        try:
+            process.check_prediction(prediction)
+        except ValueError as e:
+            errors.append(f"prediction={prediction}: {e}")
+    return process
+
+
 def validate_config(cfg: DictConfig, datamodule=None) -> None:
     """Raise :class:`ConfigError` listing every problem of ``cfg`` (see the module docstring)."""
-    from diffexp.process import PREDICTION_TARGETS, DiffusionProcess
+    from diffexp.process import PREDICTION_TARGETS
 
     errors: list[str] = []
     prediction = cfg.get("prediction")
@@ -291,7 +312,7 @@ def validate_config(cfg: DictConfig, datamodule=None) -> None:
             schedule = instantiate(cfg.schedule)
         except (ValueError, TypeError) as e:
             errors.append(f"schedule ({cfg.schedule.get('_target_', '?')}): {e}")
-    _check_samplers(cfg, DiffusionProcess(schedule) if schedule is not None else None, errors)
+    _check_samplers(cfg, _check_process(cfg, schedule, prediction, errors), errors)
     _check_objective(cfg, schedule, errors)
     _check_conditioning(cfg, datamodule, errors)
     _check_precision(cfg, errors)

@@ -157,7 +157,7 @@ class MetricsCallback(PeriodicCallback):
     # --- what ------------------------------------------------------------------------------------------
     def label(self, pl_module) -> str:
         """The sampler with its NFE, e.g. ``ddim-50`` (see :func:`diffexp.metrics.provenance.sampler_label`)."""
-        return sampler_label(self.sampler, pl_module.schedule.num_timesteps)
+        return sampler_label(self.sampler, pl_module.process.num_timesteps)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """Generate, score, log and record (runs on every rank; see the module docstring)."""
@@ -186,7 +186,7 @@ class MetricsCallback(PeriodicCallback):
                 kid_max_samples=self.kid_max_samples, swd_projections=self.swd_projections, device=device)
         finally:
             pl_module.train(was_training)
-        T = pl_module.schedule.num_timesteps
+        T = pl_module.process.num_timesteps
         result.update(
             step=step, epoch=trainer.current_epoch, time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             sampler=self.label(pl_module), sampler_class=type(self.sampler).__name__,

@@ -49,7 +49,7 @@ class SampleCallback(PeriodicCallback):
         self.last_paths: list[Path] = []
 
     def key(self, pl_module) -> str:
-        return self.name or f"samples/{sampler_label(self.sampler, pl_module.schedule.num_timesteps)}"
+        return self.name or f"samples/{sampler_label(self.sampler, pl_module.process.num_timesteps)}"
 
     def _out_dir(self, trainer) -> Path:
         return Path(self.out_dir or Path(trainer.default_root_dir) / "samples")

@@ -132,7 +132,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     weights = "ema" if (cfg.ema and module.uses_ema) else module.checkpoint_info.get("weights", "raw")
     dm = _datamodule(cfg, module)
     out_dir.mkdir(parents=True, exist_ok=True)
-    T = module.schedule.num_timesteps
+    T = module.process.num_timesteps
     hinfo = _hydra_info()
     record: dict[str, Any] = {
         "checkpoint": str(Path(info["path"]).resolve()), "pretrained": bool(info.get("pretrained", False)),
@@ -199,7 +199,7 @@ def _sample_metrics(cfg, module, dm, sampler, metrics, weights, device) -> dict[
                            seed_offset=seed, data_range=image_range(module), kid_subset_size=cfg.kid_subset_size,
                            kid_subsets=cfg.kid_subsets, kid_max_samples=cfg.kid_max_samples,
                            swd_projections=cfg.swd_projections, device=device)
-    T = module.schedule.num_timesteps
+    T = module.process.num_timesteps
     res.update(sampler=sampler_label(sampler, T), sampler_class=type(sampler).__name__,
                sampler_config=sampler_config(sampler), nfe=sampler.nfe(T), weights=weights, ema=weights == "ema",
                guidance_scale=float(cfg.guidance_scale), real_split=split, extractor_info=extractor_info(extractor),

@@ -61,7 +61,7 @@ def sample(cfg: DictConfig) -> dict:
     check_against_checkpoint(cfg, module)  # sampler steps vs its schedule, labels vs its classes
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler = instantiate(cfg.sampler)
-    T = module.schedule.num_timesteps
+    T = module.process.num_timesteps
     nfe = sampler.nfe(T)
     labels = None
     if module.num_classes is not None:

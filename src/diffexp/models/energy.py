@@ -46,7 +46,8 @@ class EnergyNet(nn.Module):
 
     def energy(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """E_θ(x, t) = Ẽ_θ(x, t) / σ_t, the energy whose negative gradient is the score; shape (B,)."""
-        sigma = self.process.predict(torch.zeros_like(x), x, t, "eps").noise_scale  # σ_t, read through the algebra
+        t_proc = self.process.t_of_net_time(t)  # t is the network time (the ddpm index itself)
+        sigma = self.process.predict(torch.zeros_like(x), x, t_proc, "eps").noise_scale  # σ_t, read through the algebra
         e = self.scalar(x, t, y)
         return e / sigma.flatten().to(e.dtype)
 
@@ -69,7 +70,7 @@ class EnergyNet(nn.Module):
         eps = self.eps(x, t, y)
         if self.prediction == "eps":
             return eps
-        return self.process.predict(eps, x, t, "eps").target(self.prediction)
+        return self.process.predict(eps, x, self.process.t_of_net_time(t), "eps").target(self.prediction)
 
     def extra_repr(self) -> str:
         return f"head={self.head}, prediction={self.prediction}"

@@ -84,7 +84,8 @@ class NoiseSource:
 
 class BoundDenoiser:
     """The denoiser bound to one batch's labels, guidance scale and clipping: ``model(x_t, t)`` with a
-    scalar timestep (int index, or float for fractional t) returns a :class:`Prediction`."""
+    scalar process time (ddpm: an int index, or a float for fractional t) returns a :class:`Prediction`.
+    ``schedule`` is the ddpm schedule (None on continuous families)."""
 
     def __init__(self, denoiser: Denoiser, y=None, guidance_scale: float = 1.0, clip_denoised: bool = True):
         self.denoiser, self.y, self.guidance_scale = denoiser, y, guidance_scale
@@ -93,7 +94,9 @@ class BoundDenoiser:
         self.schedule = denoiser.process.schedule
 
     def __call__(self, x: Tensor, t: int | float) -> Prediction:
-        if isinstance(t, float) and not t.is_integer():
+        if not self.process.is_discrete:  # continuous time: always float64, never an index
+            tt = torch.full((x.shape[0],), float(t), device=x.device, dtype=torch.float64)
+        elif isinstance(t, float) and not t.is_integer():
             dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
             tt = torch.full((x.shape[0],), t, device=x.device, dtype=dtype)
         else:
@@ -101,15 +104,27 @@ class BoundDenoiser:
         return self.denoiser(x, tt, y=self.y, guidance_scale=self.guidance_scale, clip=self.clip)
 
     def denoise_ve(self, x_ve: Tensor, sigma: float) -> tuple[Prediction, Tensor, float]:
-        """D(x̃; σ) of Karras et al.: evaluate at t = t_of_sigma(σ) on x_t = x̃/√(1+σ²).
-        Returns (prediction, x_t, t)."""
+        """D(x̃; σ) of Karras et al. (eq. 3 with s = α) on any process: evaluate at t = t_of_sigma(σ) on
+        x_t = α(t) x̃ (on ddpm α = 1/√(1+σ²)). Returns (prediction, x_t, t)."""
         t = float(self.process.t_of_sigma(sigma))
-        x_t = x_ve / math.sqrt(1.0 + sigma**2)
+        if self.process.is_discrete:
+            x_t = x_ve / math.sqrt(1.0 + sigma**2)
+        else:
+            a, _ = self.process.scales(torch.tensor([t], dtype=torch.float64), torch.empty(1, dtype=torch.float64))
+            x_t = x_ve * float(a)
         return self(x_t, t), x_t, t
+
+    def ve_prior(self, x_T: Tensor, sigma_max: float) -> Tensor:
+        """The VE samplers' start x̃ = x_t/α at level σ_max from standard normal draws x_T (the process's
+        prior N(0, prior_std² I), divided by α): on ddpm x_T √(1+σ_max²), on VE/EDM σ_max x_T."""
+        return x_T * self.process.ve_prior_scale(sigma_max)
 
 
 class Sampler:
-    """Base class: handles batching, noise and labels; subclasses implement :meth:`sample`."""
+    """Base class: handles batching, noise and labels; subclasses implement :meth:`sample`.
+    ``discrete_only`` samplers step along the ddpm schedule's own timesteps (DDPM, DDIM, PC)."""
+
+    discrete_only = False
 
     def __init__(self, clip_denoised: bool = True):
         self.clip_denoised = clip_denoised
@@ -124,12 +139,14 @@ class Sampler:
 
     def check(self, process) -> None:
         """Raise a ValueError naming the option and its valid values if this sampler cannot run on
-        ``process`` as configured (e.g. more steps than the schedule has). Called by config validation
-        before any work starts; options that do not depend on the process are checked in ``__init__``."""
-
-    @property
-    def name(self) -> str:
-        raise NotImplementedError
+        ``process`` as configured (e.g. more steps than the schedule has, or an index-based sampler on a
+        continuous family). Called by config validation before any work starts and before sampling;
+        options that do not depend on the process are checked in ``__init__``."""
+        if self.discrete_only and not process.is_discrete:
+            raise ValueError(
+                f"sampler {type(self).__name__} steps along the discrete ddpm schedule and cannot run on the "
+                f"{process.name} process; samplers for continuous families: heun, dpmpp_2m, langevin"
+            )
 
     # ---- the protocol ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -166,6 +183,7 @@ class Sampler:
             y = torch.as_tensor(y, device=device).long()
             if y.shape != (n,):
                 raise ValueError(f"labels y must have shape ({n},), got {tuple(y.shape)}")
+        self.check(denoiser.process)
         noise = NoiseSource(n, device, dtype, seeds=seeds, generator=generator)
         if x_T is None:
             x_T = noise.randn(shape)
@@ -255,12 +273,14 @@ def timesteps(num_timesteps: int, steps: int, spacing: str = "uniform") -> list[
     return ts
 
 
-def sigma_range(schedule) -> tuple[float, float]:
-    """(σ_min, σ_max) of a schedule in VE terms: σ at index 0 and the largest finite σ (a
-    zero-terminal-SNR schedule has σ_{T-1} = ∞)."""
-    sig = schedule.sigmas
-    finite = sig[torch.isfinite(sig)]
-    return float(sig[0]), float(finite.max())
+def sigma_range(process) -> tuple[float, float]:
+    """(σ_min, σ_max) of a process (or a ddpm schedule) in VE terms: the ends of the noise grids (ddpm: σ
+    at index 0 and the largest finite σ, a zero-terminal-SNR schedule having σ_{T-1} = ∞)."""
+    if not hasattr(process, "sigma_range"):  # a NoiseSchedule
+        from diffexp.process import DiffusionProcess
+
+        process = DiffusionProcess(process)
+    return process.sigma_range()
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> list[float]:
@@ -283,8 +303,13 @@ def loglinear_sigmas(n: int, sigma_min: float, sigma_max: float) -> list[float]:
     return s.tolist() + [0.0]
 
 
-def time_sigmas(n: int, schedule) -> list[float]:
-    """The schedule's own σ at ``n`` uniformly spaced timesteps (highest first), then 0."""
+def time_sigmas(n: int, process) -> list[float]:
+    """The process's own σ at ``n`` uniformly spaced times (highest first), then 0: ddpm's timestep indices
+    (or a ddpm schedule's), or t uniform over a continuous family's sampling range."""
+    schedule = process if not hasattr(process, "is_discrete") else process.schedule
+    if schedule is None:
+        t = torch.linspace(process.sample_t_max, process.sample_t_min, n, dtype=torch.float64)
+        return process.sigma(t).tolist() + [0.0]
     ts = timesteps(schedule.num_timesteps, n, "uniform")[::-1]
     sig = [float(schedule.sigmas[t]) for t in ts]
     if not math.isfinite(sig[0]):

@@ -57,6 +57,8 @@ class DDIMSampler(Sampler):
     continuous families, where the index spacings quadratic/trailing do not exist), starting from
     x = prior_std · x_T at the top of the process's sampling range."""
 
+    discrete_only = True
+
     def __init__(self, steps: int = 50, eta: float = 0.0, spacing: str = "uniform", clip_denoised: bool = True):
         super().__init__(clip_denoised)
         if not 0.0 <= eta <= 1.0:

@@ -54,6 +54,8 @@ class DDPMSampler(Sampler):
     On a continuous family the same ancestral step runs in (α, σ) (:func:`ancestral_step`) over ``steps``
     times uniform in t (null: 1000, score_sde's N), from x = prior_std · x_T."""
 
+    discrete_only = True
+
     def __init__(self, steps: int | None = None, variance: str = "beta", clip_denoised: bool = True):
         super().__init__(clip_denoised)
         check_choice("variance", variance, ("beta", "beta_tilde"))

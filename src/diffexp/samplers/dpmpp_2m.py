@@ -40,16 +40,16 @@ class DPMSolverPP2MSampler(Sampler):
     def name(self) -> str:
         return f"dpmpp_2m-{self.steps}"
 
-    def sigmas(self, schedule) -> list[float]:
+    def sigmas(self, process) -> list[float]:
         if self.spacing == "karras":
-            return karras_sigmas(self.steps, *sigma_range(schedule), rho=self.rho)
+            return karras_sigmas(self.steps, *sigma_range(process), rho=self.rho)
         if self.spacing == "logsnr":
-            return loglinear_sigmas(self.steps, *sigma_range(schedule))
-        return time_sigmas(self.steps, schedule)
+            return loglinear_sigmas(self.steps, *sigma_range(process))
+        return time_sigmas(self.steps, process)
 
     def sample(self, model, x_T, noise, callback):
-        sigmas = self.sigmas(model.schedule)
-        x, old = x_T * (1 + sigmas[0] ** 2) ** 0.5, None
+        sigmas = self.sigmas(model.process)
+        x, old = model.ve_prior(x_T, sigmas[0]), None
         for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
             pred, x_t, t = model.denoise_ve(x, s)
             report(callback, i, t, s, x_t, pred.x0, self.steps)

@@ -26,8 +26,8 @@ class HeunSampler(Sampler):
         return f"{self.solver}-{self.steps}"
 
     def sample(self, model, x_T, noise, callback):
-        sigmas = karras_sigmas(self.steps, *sigma_range(model.schedule), rho=self.rho)
-        x = x_T * (1 + sigmas[0] ** 2) ** 0.5
+        sigmas = karras_sigmas(self.steps, *sigma_range(model.process), rho=self.rho)
+        x = model.ve_prior(x_T, sigmas[0])
         for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
             pred, x_t, t = model.denoise_ve(x, s)
             report(callback, i, t, s, x_t, pred.x0, self.steps)

@@ -63,14 +63,14 @@ class LangevinSampler(Sampler):
     def name(self) -> str:
         return f"langevin-{self.num_levels}x{self.steps_per_level}"
 
-    def levels(self, schedule) -> list[float]:
-        lo, hi = sigma_range(schedule)
+    def levels(self, process) -> list[float]:
+        lo, hi = sigma_range(process)
         return torch.linspace(math.log(lo), math.log(hi), self.num_levels, dtype=torch.float64).exp().flip(0).tolist()
 
     def sample(self, model, x_T, noise, callback):
-        sigmas = self.levels(model.schedule)
+        sigmas = self.levels(model.process)
         total, step = self.num_levels * self.steps_per_level, 0
-        x = x_T * math.sqrt(1 + sigmas[0] ** 2)
+        x = model.ve_prior(x_T, sigmas[0])
         for sigma in sigmas:
             step_size = self.step_size * sigma**2 / sigmas[-1] ** 2  # α_i of Algorithm 1
             for _ in range(self.steps_per_level):

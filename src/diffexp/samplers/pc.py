@@ -53,6 +53,8 @@ class PCSampler(Sampler):
     time), from x = prior_std · x_T, and the corrector's α is the grid step's (α_{t_{k-1}}/α_{t_{k-2}})²
     (1 - β' on VP, 1 on VE: score_sde's VP and VE correctors)."""
 
+    discrete_only = True
+
     def __init__(
         self,
         steps: int | None = None,

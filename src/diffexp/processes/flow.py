@@ -1,0 +1,52 @@
+"""The linear interpolation path of rectified flow / conditional flow matching (Liu et al. 2023, 'Flow
+straight and fast'; Lipman et al. 2023, 'Flow matching', §4.1 with σ_min = 0; the path of SD3 and Flux),
+``process=flow``:
+
+    x_t = (1 − t) x_0 + t ε,   α = 1 − t,   σ = t,   t ∈ [0, 1],   velocity u = dx_t/dt = ε − x_0.
+
+In VE terms σ_VE = t/(1 − t) and t = σ_VE/(1 + σ_VE). Training uses all of [0, 1]. Two conversions are
+singular at an end: ε → x_0 divides by α = 1 − t (t = 1) and x_0 → ε divides by σ = t (t = 0); there α and σ
+are floored at ``conversion_floor`` = 1e-5 when dividing (velocity and v never divide by them: the
+velocity's determinant α σ' − σ α' is 1). The samplers integrate over t ∈ [1e-3, 1 − 1e-3]
+(σ_VE from 1e-3 to 999), starting from x_T ~ N(0, I).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffexp.processes.base import Process
+
+
+class FlowProcess(Process):
+    name = "flow"
+    t_min, t_max = 0.0, 1.0
+    prior_std = 1.0
+    conversion_floor = 1e-5
+
+    def __init__(self, sample_eps: float = 1e-3):
+        if not 0 < sample_eps < 0.5:
+            raise ValueError(f"sample_eps must lie in (0, 0.5), got {sample_eps}")
+        self.sample_eps = float(sample_eps)
+
+    @property
+    def sample_t_min(self) -> float:
+        return self.sample_eps
+
+    @property
+    def sample_t_max(self) -> float:
+        return 1.0 - self.sample_eps
+
+    def _scales(self, t):
+        return 1.0 - t, t.clone()
+
+    def _scale_derivatives(self, t):
+        return -torch.ones_like(t), torch.ones_like(t)
+
+    def sigma(self, t):
+        t = self._t64(t)
+        return t / (1.0 - t)
+
+    def t_of_sigma(self, sigma):
+        sigma = self._t64(sigma)
+        return sigma / (1.0 + sigma)
