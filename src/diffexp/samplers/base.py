@@ -121,10 +121,7 @@ class BoundDenoiser:
 
 
 class Sampler:
-    """Base class: handles batching, noise and labels; subclasses implement :meth:`sample`.
-    ``discrete_only`` samplers step along the ddpm schedule's own timesteps (DDPM, DDIM, PC)."""
-
-    discrete_only = False
+    """Base class: handles batching, noise and labels; subclasses implement :meth:`sample`."""
 
     def __init__(self, clip_denoised: bool = True):
         self.clip_denoised = clip_denoised
@@ -139,14 +136,9 @@ class Sampler:
 
     def check(self, process) -> None:
         """Raise a ValueError naming the option and its valid values if this sampler cannot run on
-        ``process`` as configured (e.g. more steps than the schedule has, or an index-based sampler on a
-        continuous family). Called by config validation before any work starts and before sampling;
-        options that do not depend on the process are checked in ``__init__``."""
-        if self.discrete_only and not process.is_discrete:
-            raise ValueError(
-                f"sampler {type(self).__name__} steps along the discrete ddpm schedule and cannot run on the "
-                f"{process.name} process; samplers for continuous families: heun, dpmpp_2m, langevin"
-            )
+        ``process`` as configured (e.g. more steps than the schedule has). Called by config validation
+        before any work starts and before sampling; options that do not depend on the process are checked
+        in ``__init__``."""
 
     # ---- the protocol ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -57,7 +57,6 @@ class DDIMSampler(Sampler):
     continuous families, where the index spacings quadratic/trailing do not exist), starting from
     x = prior_std · x_T at the top of the process's sampling range."""
 
-    discrete_only = True
 
     def __init__(self, steps: int = 50, eta: float = 0.0, spacing: str = "uniform", clip_denoised: bool = True):
         super().__init__(clip_denoised)
@@ -67,7 +66,6 @@ class DDIMSampler(Sampler):
         self.steps, self.eta, self.spacing = steps, eta, spacing
 
     def check(self, process) -> None:
-        super().check(process)
         if is_discrete(process):
             check_discrete_steps(process, self.steps, self.spacing if self.spacing in INDEX_SPACINGS else "uniform")
         elif self.spacing in ("quadratic", "trailing"):

@@ -54,7 +54,6 @@ class DDPMSampler(Sampler):
     On a continuous family the same ancestral step runs in (α, σ) (:func:`ancestral_step`) over ``steps``
     times uniform in t (null: 1000, score_sde's N), from x = prior_std · x_T."""
 
-    discrete_only = True
 
     def __init__(self, steps: int | None = None, variance: str = "beta", clip_denoised: bool = True):
         super().__init__(clip_denoised)
@@ -64,7 +63,6 @@ class DDPMSampler(Sampler):
         self.steps, self.variance = steps, variance
 
     def check(self, process) -> None:
-        super().check(process)
         if is_discrete(process):
             check_discrete_steps(process, self.steps)
 

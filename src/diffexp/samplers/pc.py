@@ -53,7 +53,6 @@ class PCSampler(Sampler):
     time), from x = prior_std · x_T, and the corrector's α is the grid step's (α_{t_{k-1}}/α_{t_{k-2}})²
     (1 - β' on VP, 1 on VE: score_sde's VP and VE correctors)."""
 
-    discrete_only = True
 
     def __init__(
         self,
@@ -82,7 +81,6 @@ class PCSampler(Sampler):
         self.eta, self.variance, self.spacing = eta, variance, spacing
 
     def check(self, process) -> None:
-        super().check(process)
         if self.spacing not in INDEX_SPACINGS[:1] + SPACINGS and not is_discrete(process):
             raise OptionError("spacing", f"spacing {self.spacing!r} picks timesteps of the discrete ddpm schedule; "
                               f"on the {process.name} process use one of {['uniform', *SPACINGS]}")
