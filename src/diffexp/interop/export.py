@@ -106,6 +106,9 @@ def _prepare_out_checked(module, net, out, overwrite) -> Path:
                           f"this checkpoint's network is {type(net).__module__}.{type(net).__name__}: use format=safetensors")
     if len(module.data_shape) != 3:
         raise ConfigError(f"format=diffusers exports image models; this one has data_shape={tuple(module.data_shape)}")
+    if not module.process.is_discrete:
+        raise ConfigError(f"format=diffusers writes a DDPMScheduler, i.e. the ddpm process; this checkpoint trained "
+                          f"process={module.process.name}: use format=safetensors")
     if module.prediction == "score":
         raise ConfigError("prediction=score has no diffusers prediction_type (valid: eps, x0, v): use format=safetensors")
     return _prepare_out(out, overwrite)
