@@ -152,3 +152,11 @@ def test_autoencoder_on_points_is_a_config_error(tmp_path):
     cfg = compose("train_autoencoder", ["data=toy2d"] + QUIET, tmp_path)
     with pytest.raises(ConfigError, match=r"needs images"):
         train_autoencoder(cfg)
+
+
+def test_reconstruction_fid_with_the_classifier_extractor(tmp_path):
+    """The default extractor is trained (once, cached) inside the callback: gradients must be enabled there."""
+    _, metrics, _ = _train_tiny(tmp_path, ["extractor=classifier", "extractor.min_steps=4",
+                                           f"paths.cache_dir={tmp_path}/cache"])
+    fid = [v for k, v in metrics.items() if k.startswith("rec_fid/classifier-")]
+    assert len(fid) == 1 and math.isfinite(fid[0]) and fid[0] >= 0

@@ -45,11 +45,11 @@ class ReconstructionCallback(PeriodicCallback):
         splits = getattr(dm, "splits", (self.split,))
         return next(s for s in (self.split, "val", "train") if s in splits)
 
+    @torch.no_grad()
     def _reconstruct(self, pl_module, x: torch.Tensor) -> torch.Tensor:
         ae = pl_module.autoencoder
         return ae.decode(ae.encode(x.to(pl_module.device)).mode()).clamp(*pl_module.data_range)
 
-    @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         step = trainer.global_step
         self._last_step = step
