@@ -48,3 +48,29 @@ def test_bad_family_parameter_is_a_config_error(tmp_path):
     cfg = compose("train", TINY + ["process=ve", "process.sigma_min=100", "sampler=heun"], tmp_path)
     with pytest.raises(ConfigError, match="process \\(diffexp.processes.VEProcess\\): need 0 < sigma_min < sigma_max"):
         train(cfg)
+
+
+def test_resume_refuses_another_family_or_family_parameter(tmp_path):
+    from diffexp.checkpoint import CheckpointError
+
+    train(compose("train", TINY + ["process=ve", "sampler=heun", "sampler.steps=2"], tmp_path / "a"))
+    ckpt = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
+    for change, key in ((["process=ve", "process.sigma_max=40"], "process.sigma_max"), (["process=edm"], "process")):
+        cfg = compose("train", TINY + change + ["sampler=heun", "sampler.steps=2", "trainer.max_steps=5",
+                                                f"ckpt_path={ckpt}"], tmp_path / key)
+        with pytest.raises(CheckpointError, match=f"cannot resume.*\\n.*{key}"):
+            train(cfg)
+
+
+def test_loss_quarters_follow_the_family_time_range():
+    """train/loss_t0..3 split the family's [t_min, t_max] into quarters (ddpm: index·4 // T)."""
+    from diffexp.models import MLP
+    from diffexp.module import DiffusionModule
+    from diffexp.objectives import SimpleObjective
+    from diffexp.process import EDMProcess, FlowProcess
+
+    net = MLP(in_channels=2, hidden_dim=8, num_blocks=1, time_embed_dim=8)
+    for process, t in ((FlowProcess(), [0.0, 0.24, 0.26, 0.5, 0.99, 1.0]),
+                       (EDMProcess(), [0.002, 20.0, 20.1, 40.1, 79.0, 80.0])):
+        module = DiffusionModule(net, None, SimpleObjective(), process=process, data_shape=(2,), data_range=None)
+        assert module._quarter(torch.tensor(t, dtype=torch.float64)).tolist() == [0, 0, 1, 2, 3, 3]

@@ -316,7 +316,10 @@ class DiffusionModule(L.LightningModule):
         meta = checkpoint.get(CHECKPOINT_KEY)
         if meta is None:
             raise CheckpointError("not a diffexp checkpoint (no 'diffexp' entry): cannot resume from it")
-        diffs = config_mismatches(meta.get("config") or {}, self.config)
+        stored = meta.get("config") or {}
+        diffs = config_mismatches(stored, self.config)
+        if "process" in stored:  # the family's parameters (checkpoints from before the families have none: ddpm)
+            diffs += config_mismatches(stored, self.config, keys=("process",))
         ours = {"data_shape": list(self.data_shape), "num_classes": self.num_classes, "prediction": self.prediction,
                 "num_timesteps": self.process.num_timesteps, "process": self.process.name,
                 "posthoc_ema_sigma_rel": list(self.phema.sigma_rels) if self.phema is not None else None}
