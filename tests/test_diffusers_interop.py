@@ -123,6 +123,7 @@ def test_unsupported_scheduler_settings_name_the_field(field, value):
 def test_scheduler_mapping_of_prediction_spacing_and_variance():
     imp = from_scheduler_config({"prediction_type": "sample", "timestep_spacing": "trailing", "variance_type": "fixed_small"})
     assert (imp.prediction, imp.spacing, imp.variance) == ("x0", "trailing", "beta_tilde")
+    assert any("sampler.spacing=trailing" in n for n in imp.notes)
     imp = from_scheduler_config({"timestep_spacing": "leading", "thresholding": True})
     assert imp.spacing is None and imp.prediction == "eps" and len(imp.notes) == 2  # said, not silently dropped
     with pytest.raises(ConfigError, match="prediction=.score"):
@@ -253,6 +254,19 @@ def test_exported_pipeline_loads_offline_and_samples_like_diffexp(unet_ckpt, tmp
     assert np.isfinite(ddim(batch_size=2, generator=_seeds_gen([0, 1]), num_inference_steps=5, output_type="np").images).all()
     with pytest.raises(ConfigError, match="overwrite"):
         export_checkpoint(unet_ckpt, out, format="diffusers")
+
+
+def test_latent_checkpoints_are_not_exported(unet_ckpt, tmp_path, monkeypatch):
+    """A latent-diffusion module (a first stage attached) would export latents as images: refused by name."""
+    import diffexp.build
+
+    module = load_model(str(unet_ckpt))
+    module.first_stage = torch.nn.Identity()
+    monkeypatch.setattr(diffexp.build, "load_module", lambda path, map_location="cpu": module)
+    for fmt in ("diffusers", "safetensors"):
+        with pytest.raises(ConfigError, match="latent diffusion"):
+            export_checkpoint(unet_ckpt, tmp_path / fmt, format=fmt)
+        assert not (tmp_path / fmt).exists()
 
 
 def test_export_cli_raw_weights_and_roundtrip_through_pretrained(unet_ckpt, tmp_path):

@@ -114,6 +114,9 @@ def _load_diffusers(root: Path, record: dict[str, Any], map_location):
         num_classes = record.get("num_classes", n_embeds if n_embeds > 1 else None)
         net = DiffusersDiT.wrap(model, num_classes)
     size = cfg.get("sample_size")
+    if size is None:
+        raise ConfigError(f"pretrained={root}: {component}/config.json has no sample_size; diffexp needs the image size "
+                          "the network was trained on (set sample_size in that file)")
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     data_shape = tuple(record.get("data_shape") or (cfg.get("in_channels"), h, w))
     config = dict(record.get("config") or {})

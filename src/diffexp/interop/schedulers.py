@@ -144,6 +144,9 @@ def from_scheduler_config(cfg: dict[str, Any], source: str = "scheduler config")
     except ValueError as e:
         raise ConfigError(f"{source}: the betas it describes are invalid: {e}") from e
     notes = []
+    if SPACINGS[spacing] not in (None, "uniform"):
+        notes.append(f"timestep_spacing={spacing!r}: the pipeline's default grid is diffexp's "
+                     f"sampler.spacing={SPACINGS[spacing]} (DDIM); the diffexp sampler's own setting is used")
     if SPACINGS[spacing] is None:
         notes.append(f"timestep_spacing={spacing!r} has no diffexp equivalent; the diffexp sampler's own spacing is used")
     if cfg.get("thresholding"):
