@@ -89,7 +89,7 @@ CASES = [
     ("train", ["optimizer.lr=-1e-3"], ["optimizer.lr=-0.001", "positive"]),
     ("train", ["optimizer.lr=abc"], ["optimizer.lr=abc", "positive number"]),
     SLOW("train", ["optimizer.weight_decay=-1"], ["optimizer.weight_decay=-1"]),
-    ("train", ["optimizer.betas=[0.9,1.5]"], ["optimizer.betas=[0.9, 1.5]", "[0, 1)"]),
+    SLOW("train", ["optimizer.betas=[0.9,1.5]"], ["optimizer.betas=[0.9, 1.5]", "[0, 1)"]),
     SLOW("train", ["trainer.max_steps=0"], ["trainer.max_steps=0"]),
     SLOW("train", ["trainer.max_steps=abc"], ["trainer.max_steps=abc"]),
     SLOW("train", ["trainer.gradient_clip_val=abc"], ["trainer.gradient_clip_val=abc"]),
@@ -108,7 +108,7 @@ CASES = [
     ("train", ["data.std=nan"], ["bad data", "train split", "NaN"]),
     ("train", ["data.num_train=0"], ["training split is empty"]),
     ("train", ["data.dataset=spiral"], ["data (Toy2DDataModule)", "'spiral'", "gaussian_mixture"]),
-    ("train", ["+data.colour=red"], ["data (Toy2DDataModule)", "colour"]),
+    SLOW("train", ["+data.colour=red"], ["data (Toy2DDataModule)", "colour"]),
     ("train", ["data=mnist", "data.root={tmp}/nothing"], ["data.root={tmp}/nothing", "mnist.pkl.gz", "make data"]),
     ("train", ["data=mnist", "data.root={tmp}/mnist"], ["{tmp}/mnist/mnist.pkl.gz", "cannot read"]),
     ("train", ["data=image_folder", "data.root={tmp}/images", "data.image_size=8", "data.batch_size=2"],
@@ -120,7 +120,7 @@ CASES = [
     # sample.py
     ("sample", ["ckpt_path={tmp}/toy.ckpt", "num_samples=0"], ["num_samples=0", "positive integer"]),
     SLOW("sample", ["ckpt_path={tmp}/toy.ckpt", "num_samples=-3"], ["num_samples=-3"]),
-    ("sample", ["ckpt_path={tmp}/toy.ckpt", "batch_size=0"], ["batch_size=0"]),
+    SLOW("sample", ["ckpt_path={tmp}/toy.ckpt", "batch_size=0"], ["batch_size=0"]),
     ("sample", [], ["exactly one of ckpt_path=CKPT", "pretrained=DIR"]),
     ("sample", ["ckpt_path={tmp}/missing.ckpt"], ["checkpoint not found: {tmp}/missing.ckpt"]),
     SLOW("sample", ["ckpt_path={tmp}/garbage.ckpt"], ["{tmp}/garbage.ckpt", "corrupt"]),
@@ -132,7 +132,7 @@ CASES = [
     ("sample", ["ckpt_path={tmp}/toy.ckpt", "guidance_scale=abc"], ["guidance_scale=abc", "number"]),
     # evaluate.py
     ("evaluate", ["ckpt_path={tmp}/toy.ckpt", "metrics=[swd,bogus]"], ["metrics=", "'bogus'", "'swd'"]),
-    ("evaluate", ["ckpt_path={tmp}/toy.ckpt", "metrics=[swd]", "num_samples=0"], ["num_samples=0"]),
+    SLOW("evaluate", ["ckpt_path={tmp}/toy.ckpt", "metrics=[swd]", "num_samples=0"], ["num_samples=0"]),
     ("evaluate", ["ckpt_path={tmp}/missing.ckpt", "metrics=[swd]"], ["checkpoint not found: {tmp}/missing.ckpt"]),
     SLOW("evaluate", ["ckpt_path={tmp}/toy.ckpt", "metrics=[swd]", "split=holdout"], ["split=holdout"]),
     SLOW("evaluate", ["ckpt_path={tmp}/toy.ckpt", "metrics=[nll]", "nll.num_examples=0"], ["nll.num_examples=0"]),
@@ -252,3 +252,15 @@ def test_a_run_that_ends_before_its_first_validation_still_returns_its_metric(co
     cfg = compose_cfg(TOY)
     metrics = train_cli.train(cfg)
     assert metrics["global_step"] == 3 and "val/loss" in metrics and metrics["val/loss"] > 0
+
+
+def test_a_sweep_over_a_val_metric_without_validation_is_refused_at_config_time(compose_cfg):
+    from diffexp.validation import validate_config
+
+    validate_config(compose_cfg([*TOY, "trainer.limit_val_batches=0"]))  # a single run may switch validation off
+    cfg = compose_cfg([*TOY, "trainer.limit_val_batches=0", "hydra.mode=MULTIRUN"])  # (as a sweep job sees it)
+    try:
+        with pytest.raises(ConfigError, match="optimized_metric=val/loss needs validation, but trainer.limit_val_batches=0"):
+            validate_config(cfg)
+    finally:
+        compose_cfg(TOY)  # leave a single-run Hydra context behind for the tests that follow

@@ -266,6 +266,25 @@ def instantiate_checked(node: DictConfig, key: str, **kwargs: Any) -> Any:
         raise
 
 
+def _in_sweep() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.initialized() and str(HydraConfig.get().mode) in ("RunMode.MULTIRUN", "MULTIRUN")
+    except Exception:  # noqa: BLE001 - no Hydra context (tests, notebooks)
+        return False
+
+
+def _check_optimized_metric(cfg: DictConfig, errors: list[str]) -> None:
+    """In a sweep, a val/* optimized_metric needs validation: the run validates once at the end when training
+    stopped before its first validation (diffexp.cli.train), but not with trainer.limit_val_batches=0 —
+    the sweeper would get None (Optuna: "No trials are completed yet")."""
+    metric, limit = cfg.get("optimized_metric"), _get(cfg, "trainer.limit_val_batches", 1.0)
+    if _in_sweep() and metric and str(metric).startswith("val/") and limit is not None and limit == 0:
+        errors.append(f"optimized_metric={metric} needs validation, but trainer.limit_val_batches={limit} switches it "
+                      "off: set trainer.limit_val_batches > 0 or optimize another metric")
+
+
 def planned_world_size(cfg: DictConfig) -> int:
     """Processes the trainer will run (trainer.devices x trainer.num_nodes) as far as the config says; 1 when
     it leaves the count to Lightning (``devices: auto``)."""
@@ -317,6 +336,7 @@ def validate_config(cfg: DictConfig, datamodule=None) -> None:
     _check_conditioning(cfg, datamodule, errors)
     _check_precision(cfg, errors)
     _check_optimizer(cfg, errors)
+    _check_optimized_metric(cfg, errors)
     for key, lo, hi in (("module.ema_decay", 0.0, 1.0), ("module.label_dropout", 0.0, 1.0)):
         v = _get(cfg, key)
         if v is not None and (not _is_number(v) or not lo <= float(v) < hi):
