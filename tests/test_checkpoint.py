@@ -175,8 +175,10 @@ def test_auto_takes_the_newest_compatible_readable_checkpoint(trained, tmp_path)
 @pytest.mark.slow  # ~35 s (a fresh interpreter); the in-process equivalent is tests/test_resume.py::test_sigterm_*
 def test_sigterm_to_a_training_process_saves_and_resumes(tmp_path):
     """A real `python train.py` process gets SIGTERM mid-training: it finishes the step, writes last.ckpt,
-    prints how to resume, exits with 128+15 without a traceback; `ckpt_path=auto` then continues it."""
-    overrides = TINY + ["trainer.max_steps=100000", "callbacks.model_checkpoint.every_n_train_steps=5",
+    prints how to resume, exits with 128+15 without a traceback and without the end-of-run sample grid;
+    `ckpt_path=auto` then continues it."""
+    overrides = TINY + ["trainer.max_steps=100000", "callbacks=[model_checkpoint,sample]",
+                        "callbacks.model_checkpoint.every_n_train_steps=5", "callbacks.sample.every_n_steps=100000",
                         f"paths.log_dir={tmp_path}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
     proc = subprocess.Popen([sys.executable, "train.py", *overrides], cwd=REPO, env=env,
@@ -188,12 +190,17 @@ def test_sigterm_to_a_training_process_saves_and_resumes(tmp_path):
             assert time.time() < deadline, "training did not reach step 5"
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
         out, _ = proc.communicate(timeout=120)
+        to_exit = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
     assert "received SIGTERM" in out and "stopped by SIGTERM" in out and "Traceback" not in out, out[-3000:]
+    # Save and exit: no end-of-run sample grid (at_end) in a preempted job's grace period (hang guard: 30 s).
+    assert "skipped the end-of-run sample grids" in out and to_exit < 30, (to_exit, out[-3000:])
+    assert not list(tmp_path.glob("train/runs/*/samples/*.png"))
     (last,) = tmp_path.glob("train/runs/*/checkpoints/last.ckpt")
     stopped_at = read_checkpoint(last)["global_step"]
     assert stopped_at >= 5 and f"at step {stopped_at}" in out
