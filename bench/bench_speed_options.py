@@ -8,6 +8,8 @@ Variants (each also tested for equal results in tests/test_speed_options.py):
 * ``bf16``           bf16 autocast of the network (as ``trainer.precision=bf16-mixed``); weights, EMA and loss fp32
 * ``bf16+cl``        bf16 and channels_last
 * ``all``            bf16, channels_last and fused AdamW
+* ``posthoc_ema``    fp32 with ``module.posthoc_ema.sigma_rel=[0.05,0.10]``: the cost of tracking two post-hoc EMA
+  profiles besides the classic EMA (a "speed-up" below 1)
 * ``compile``        ``module.compile=true`` (torch.compile, inductor) — only with ``--compile``: compiling
   takes minutes on a small CPU
 
@@ -46,6 +48,7 @@ VARIANTS = {  # name -> (Hydra overrides, bf16 autocast, compile)
     "bf16": ([], True, False),
     "bf16+cl": (["model.channels_last=true"], True, False),
     "all": (["model.channels_last=true", "optimizer.fused=true"], True, False),
+    "posthoc_ema": (["module.posthoc_ema.sigma_rel=[0.05,0.10]"], False, False),
 }
 
 

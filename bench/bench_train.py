@@ -65,7 +65,7 @@ from common import compose, machine, machine_line, mnist_root, rel, set_threads,
 from hydra.utils import instantiate  # noqa: E402
 
 from diffexp.build import build_module, data_info  # noqa: E402
-from diffexp.ema import EMA  # noqa: E402
+from diffexp.ema import EMA, PowerEMA  # noqa: E402
 from diffexp.process import DiffusionProcess  # noqa: E402
 
 
@@ -111,6 +111,8 @@ class HandLoop:
         self.opt = instantiate(cfg.optimizer)(params=self.net.parameters())
         self.sched = instantiate(cfg.lr_scheduler)(optimizer=self.opt) if cfg.get("lr_scheduler") else None
         self.ema = EMA(self.net, decay=cfg.module.ema_decay, warmup=cfg.module.ema_warmup)
+        posthoc = cfg.module.get("posthoc_ema") or {}  # post-hoc EMA profiles, as DiffusionModule tracks them
+        self.phema = PowerEMA(self.net, **posthoc) if posthoc.get("sigma_rel") else None
         if compile:  # after the EMA copy, as DiffusionModule(compile=...) does
             self.net.compile(**(compile if isinstance(compile, dict) else {}))
         self.clip = cfg.trainer.get("gradient_clip_val")
@@ -140,6 +142,8 @@ class HandLoop:
         if self.sched is not None:
             self.sched.step()
         self.ema.update(net)
+        if self.phema is not None:
+            self.phema.update(net)
         return out.loss.detach()
 
     def run(self, n: int, record: bool) -> None:

@@ -15,7 +15,7 @@ from diffexp.build import load_denoiser
 from diffexp.checkpoint import read_checkpoint
 from diffexp.cli.ema import main as ema_main
 from diffexp.cli.train import train
-from diffexp.posthoc_ema import list_snapshots, reconstruct
+from diffexp.posthoc_ema import list_snapshots, reconstruct, weights_label
 
 N, EVERY = 20, 5
 BASE = [
@@ -73,6 +73,7 @@ def test_snapshots_are_written_every_n_steps_and_reconstruct_the_tracked_profile
     path = reference / "posthoc_ema" / f"ema-sigma0.100-step{N:07d}.ckpt"
     denoiser, module = load_denoiser(path)  # sample.py / evaluate.py read it like any checkpoint
     assert module.uses_ema and denoiser.net is module.ema.net
+    assert weights_label(module, True) == "phema-sigma0.100"  # metric keys tell it from the classic EMA
     tracked = {k[len("phema.nets.1."):]: v for k, v in last["state_dict"].items() if k.startswith("phema.nets.1.")}
     for key, value in module.ema.net.state_dict().items():
         torch.testing.assert_close(value, tracked[key], rtol=0, atol=1e-6)
@@ -118,3 +119,29 @@ def test_invalid_length_is_a_config_error_before_training(tmp_path):
 
     with pytest.raises(ConfigError, match=r"module\.posthoc_ema\.sigma_rel=0\.5"):
         run(tmp_path, "bad", ["module.posthoc_ema.sigma_rel=[0.05,0.5]"])
+
+
+def test_evaluate_reconstructs_a_length_and_labels_the_weights(reference, tmp_path):
+    from diffexp.build import load_module
+    from diffexp.checkpoint import CheckpointError
+    from diffexp.cli.evaluate import evaluate
+    from diffexp.posthoc_ema import apply_posthoc_ema
+
+    last = reference / "checkpoints" / "last.ckpt"
+    module = load_module(last)
+    assert weights_label(module, True) == "ema" and weights_label(module, False) == "raw"
+    info = apply_posthoc_ema(module, last, 0.10)  # a tracked length at a snapshot step: that profile itself
+    assert info["num_updates"] == N and weights_label(module, True) == "phema-sigma0.100"
+    tracked = read_checkpoint(last)["state_dict"]
+    for key, value in module.ema.net.state_dict().items():
+        torch.testing.assert_close(value, tracked[f"phema.nets.1.{key}"], rtol=0, atol=1e-6)
+    with pytest.raises(CheckpointError, match="no post-hoc EMA snapshot at the checkpoint's step 0"):
+        module.checkpoint_info["global_step"] = 0
+        apply_posthoc_ema(module, last, 0.10)
+
+    cfg = compose("evaluate", [f"ckpt_path={last}", "ema_sigma_rel=0.15", "metrics=[swd]", "num_samples=16",
+                               "batch_size=16", "sampler=ddim", "sampler.steps=5", "num_real=32",
+                               f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path)
+    record = evaluate(cfg)
+    assert record["weights"] == "phema-sigma0.150"
+    assert record["keys"] and all("/phema-sigma0.150/" in k for k in record["keys"])

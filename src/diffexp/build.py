@@ -168,6 +168,8 @@ def load_module(path: str | os.PathLike, map_location="cpu") -> DiffusionModule:
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not match the model its config describes: {e}") from e
     module.checkpoint_info = {"path": str(path), "global_step": int(ckpt.get("global_step", 0)), "epoch": int(ckpt.get("epoch", 0))}
+    if meta.get("posthoc_ema"):  # written by `python ema.py`: its weights are a post-hoc EMA reconstruction
+        module.checkpoint_info["posthoc_ema"] = meta["posthoc_ema"]
     return module.eval()
 
 

@@ -144,3 +144,43 @@ def write_checkpoint(base: str | os.PathLike, state: dict[str, torch.Tensor], in
             out[key] = ckpt[key]
     atomic_torch_save(out, path)
     return Path(path)
+
+
+def snapshot_folder(ckpt_path: str | os.PathLike) -> Path:
+    """``<run>/phema`` of a checkpoint ``<run>/checkpoints/<name>.ckpt``."""
+    return Path(ckpt_path).resolve().parent.parent / "phema"
+
+
+def apply_posthoc_ema(module, ckpt_path: str | os.PathLike, sigma_rel: float) -> dict:
+    """Replace the EMA weights of a loaded ``module`` (its raw weights when it has no EMA) by the post-hoc EMA
+    of length ``sigma_rel`` at the checkpoint's step, from its run's snapshots (``evaluate.py ema_sigma_rel=``).
+    Returns the reconstruction's info, also put into ``module.checkpoint_info['posthoc_ema']``."""
+    from diffexp.phema import check_sigma_rel
+
+    check_sigma_rel(sigma_rel, "ema_sigma_rel")
+    info = getattr(module, "checkpoint_info", None) or {}
+    step = int(info.get("global_step", -1))
+    snaps = list_snapshots(snapshot_folder(ckpt_path))
+    at = [s for s in snaps if s.global_step == step]
+    if not at:
+        raise CheckpointError(f"ema_sigma_rel: no post-hoc EMA snapshot at the checkpoint's step {step} in "
+                              f"{snaps[0].path.parent} (snapshots at steps {[s.global_step for s in snaps]}); "
+                              "use the checkpoint of a snapshot step (e.g. last.ckpt)")
+    states, rec = reconstruct(snaps, [float(sigma_rel)], at[0].num_updates)
+    target = module.ema.net if getattr(module, "ema", None) is not None else module.net
+    target.load_state_dict({k: v.to(p.dtype) for (k, v), p in zip(states[0].items(), target.state_dict().values())})
+    if getattr(module, "ema", None) is not None:
+        module.ema.num_updates.fill_(max(1, rec["num_updates"]))
+    rec = {**rec, "sigma_rel": float(sigma_rel), "written_into": "ema.net" if target is not module.net else "net"}
+    module.checkpoint_info = {**info, "posthoc_ema": rec}
+    return rec
+
+
+def weights_label(module, ema: bool) -> str:
+    """``ema``, ``raw`` (or what a pretrained folder says it holds), or ``phema-sigma0.100`` for weights that are
+    a post-hoc EMA reconstruction (metric keys must tell them apart from the classic EMA)."""
+    posthoc = (getattr(module, "checkpoint_info", None) or {}).get("posthoc_ema")
+    uses_ema = bool(ema and module.uses_ema)
+    if posthoc and (posthoc.get("written_into") == "ema.net") == uses_ema:
+        return f"phema-sigma{float(posthoc['sigma_rel']):.3f}"
+    return "ema" if uses_ema else (getattr(module, "checkpoint_info", None) or {}).get("weights", "raw")

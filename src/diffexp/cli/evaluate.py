@@ -77,6 +77,7 @@ from diffexp.metrics.selection import (  # noqa: E402
     resolve_metrics,
 )
 from diffexp.metrics.summary import RECORD, write_summary  # noqa: E402
+from diffexp.posthoc_ema import apply_posthoc_ema, weights_label  # noqa: E402
 from diffexp.validation import ConfigError  # noqa: E402
 
 ALL_METRICS = (*SAMPLE_METRICS, "nll")
@@ -128,8 +129,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_against_checkpoint(cfg, module)
     if "nll" in metrics:
         check_nll_against_checkpoint(cfg, module)
+    if cfg.get("ema_sigma_rel") is not None:  # post-hoc EMA of this length from the run's snapshots
+        apply_posthoc_ema(module, cfg.ckpt_path, float(cfg.ema_sigma_rel))
     info = module.checkpoint_info
-    weights = "ema" if (cfg.ema and module.uses_ema) else module.checkpoint_info.get("weights", "raw")
+    weights = weights_label(module, cfg.ema)  # ema | raw | phema-sigma0.100 | as stored (pretrained=DIR)
     dm = _datamodule(cfg, module)
     out_dir.mkdir(parents=True, exist_ok=True)
     T = module.process.num_timesteps

@@ -27,6 +27,7 @@ from diffexp.cli.checks import check_against_checkpoint, check_sample_config  # 
 from diffexp.images import samples_to_image, save_png, to_uint8  # noqa: E402
 from diffexp.interop.pretrained import load_model  # noqa: E402
 from diffexp.latent import image_range, to_images  # noqa: E402
+from diffexp.posthoc_ema import weights_label  # noqa: E402
 
 
 def pick_device(name: str) -> torch.device:
@@ -84,7 +85,7 @@ def sample(cfg: DictConfig) -> dict:
         "checkpoint": str(Path(module.checkpoint_info["path"]).resolve()),
         "pretrained": bool(module.checkpoint_info.get("pretrained", False)),
         "global_step": module.checkpoint_info["global_step"],
-        "weights": "ema" if (cfg.ema and module.uses_ema) else module.checkpoint_info.get("weights", "raw"),  # pretrained=DIR: as stored
+        "weights": weights_label(module, cfg.ema),  # ema | raw | phema-sigma0.100 | as stored (pretrained=DIR)
         "sampler": sampler.name,
         "sampler_config": OmegaConf.to_container(cfg.sampler, resolve=True),
         "nfe": nfe,
