@@ -10,6 +10,10 @@ import pytest
 import torch
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ddpm_objective_losses.pt"
+# Deliberately changed after the fixture was saved (629b2fb): 'fixed large' uses the paper's decoder variance
+# σ_1² = β_1 (Ho et al. §3.2) instead of the DDPM code's β̃_2, so the ELBO with reverse_variance=beta differs
+# wherever a batch draws t = 1 (cosine10); its timesteps and weights are still compared.
+CHANGED_ON_PURPOSE = "/elbo-beta/"
 
 
 def _maker():
@@ -32,6 +36,8 @@ def test_ddpm_objectives_reproduce_saved_losses_exactly():
     assert any(bool((expected[k] != 1).any()) for k in importance)  # the importance sampler did warm up
     for key, value in results.items():
         want = expected[key]
+        if CHANGED_ON_PURPOSE in key and key.rsplit("/", 1)[1].startswith(("loss", "val")):
+            continue
         got = value.reshape(-1).double()
         if not torch.equal(got, want):
             pytest.fail(f"{key}: {got.tolist()} != saved {want.tolist()}")
