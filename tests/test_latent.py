@@ -152,3 +152,38 @@ def test_latent_checkpoint_is_self_contained_for_sampling(latent_run, tmp_path):
     # Same seeds, same images; decoding is the first stage's D(z / s).
     z = sampler(module.denoiser(), shape=(2, 7, 7), seeds=[0, 1])
     assert torch.allclose(to_images(module, z), x[:2], atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler,extra", [("ddpm", []), ("dpmpp_2m", ["sampler.steps=4"]), ("heun", ["sampler.steps=3"]),
+                                           ("pc", ["sampler.steps=4"])])
+def test_every_sampler_samples_latents(latent_run, sampler, extra):
+    from diffexp.build import load_module
+
+    root, _, _, _ = latent_run
+    module = load_module(root / "ldm" / "run" / "checkpoints" / "last.ckpt")
+    cfg = compose("train", [f"sampler={sampler}"] + extra, root / "sampler")
+    x = to_images(module, instantiate(cfg.sampler)(module.denoiser(), shape=module.data_shape, seeds=[0, 1]))
+    assert x.shape == (2, 1, 28, 28) and torch.isfinite(x).all()
+
+
+def test_evaluate_reports_latent_nll_from_the_cached_latents(latent_run, capsys):
+    """evaluate.py metrics=[nll] on a latent checkpoint: the bound is on the latents (keys say so) and the
+    latents come from the cache written during training (same autoencoder hash: nothing re-encoded)."""
+    from diffexp.cli.evaluate import evaluate
+
+    root, _, _, _ = latent_run
+    cfg = compose("evaluate", [f"ckpt_path={root / 'ldm' / 'run' / 'checkpoints' / 'last.ckpt'}", "metrics=[nll]",
+                               "nll.num_examples=4", "nll.batch_size=4", f"paths.cache_dir={root}/cache"], root / "eval")
+    record = evaluate(cfg)
+    assert "[latent] encoded" not in capsys.readouterr().out
+    assert record["nll"]["space"] == "latent" and record["nll"]["dims"] == 2 * 7 * 7
+    assert all("/latent-continuous/" in k for k in record["keys"]) and math.isfinite(record["values"]["nll_bpd"])
+
+
+def test_ldm_experiment_without_latent_is_a_config_error(tmp_path):
+    from diffexp.cli.train import train
+    from diffexp.validation import ConfigError
+
+    cfg = compose("train", ["experiment=ldm_mnist"] + MNIST + FEW, tmp_path)
+    with pytest.raises(ConfigError, match=r"set latent=<autoencoder checkpoint> .*train_autoencoder\.py"):
+        train(cfg)

@@ -143,8 +143,14 @@ class LatentDataModule(BaseDataModule):
 
 
 # ---------------------------------------------------------------------------------------------- config
-def latent_path(cfg: DictConfig) -> str | None:
-    return cfg.get("latent") or None
+def wants_latent(cfg: DictConfig) -> bool:
+    """Whether ``cfg`` trains on latents (``latent=CKPT``); a required but unset ``latent`` is a ConfigError."""
+    if "latent" in cfg and (OmegaConf.is_missing(cfg, "latent") or cfg.latent == "required"):
+        from diffexp.validation import ConfigError
+
+        raise ConfigError("latent: this config (e.g. experiment=ldm_mnist) trains on autoencoder latents; set "
+                          "latent=<autoencoder checkpoint> (train one with `python train_autoencoder.py`)")
+    return bool(cfg.get("latent"))
 
 
 def latent_datamodule(cfg: DictConfig, pixels: BaseDataModule) -> LatentDataModule:

@@ -74,9 +74,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # network initialisation only
     datamodule = instantiate_checked(cfg.data, "data")
-    if cfg.get("latent"):  # latent diffusion: the data's latents, encoded once and cached (diffexp/latent.py)
-        from diffexp.latent import latent_datamodule
+    from diffexp.latent import latent_datamodule, wants_latent
 
+    if wants_latent(cfg):  # latent diffusion: the data's latents, encoded once and cached (diffexp/latent.py)
         datamodule = latent_datamodule(cfg, datamodule)
     validate_config(cfg, datamodule)  # every problem named by its key, before anything is built
     if hasattr(datamodule, "check"):  # files present and readable, values finite, batch <= split: before the Trainer
