@@ -24,7 +24,7 @@ from diffexp.interop.export import export_checkpoint, load_exported
 from diffexp.interop.pretrained import load_model, load_pretrained
 from diffexp.interop.schedulers import from_scheduler_config, to_scheduler_config
 from diffexp.models.diffusers import DiffusersDiT, DiffusersUNet
-from diffexp.samplers import DDIMSampler, DDPMSampler, DPMSolverPP2MSampler
+from diffexp.samplers import DDIMSampler, DDPMSampler, DPMSolverPP2MSampler, HeunSampler
 from diffexp.schedules import cosine, linear, make_schedule, rescale_zero_terminal_snr, sigmoid
 from diffexp.validation import ConfigError
 
@@ -213,6 +213,18 @@ def test_diffusers_unet_trains_under_ddp(tmp_path):
     assert int(module.ema.num_updates) == 2 and isinstance(module.net, DiffusersUNet)
 
 
+@pytest.mark.parametrize("process", ["edm", "flow"])
+def test_diffusers_unet_trains_on_continuous_families(process, tmp_path):
+    """The adapter takes whatever time a process family feeds the network (fractional t, EDM's c_noise)."""
+    cfg = compose("train", [o for o in TRAIN if o != "trainer.max_steps=4"] + TINY_UNET
+                  + ["trainer.max_steps=2", f"process={process}"], tmp_path)
+    metrics = train(cfg)
+    assert metrics["global_step"] == 2 and math.isfinite(metrics["train/loss"])
+    module = load_model(str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+    x = HeunSampler(steps=3)(module.denoiser(), shape=(1, 8, 8), seeds=[0, 1])
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+
+
 # ---- export and import ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def unet_ckpt(tmp_path_factory):
@@ -333,23 +345,29 @@ def test_pretrained_errors_are_clear(tmp_path):
         load_pretrained(tmp_path)
 
 
-def test_safetensors_export_of_a_diffexp_network(tmp_path):
-    """format=safetensors for diffexp's own networks: tensors + config + loader, no pickle; the loaded
-    network is the EMA network of the checkpoint (same outputs); format=diffusers names the alternative."""
+@pytest.mark.parametrize("process", ["ddpm", "flow"])
+def test_safetensors_export_of_a_diffexp_network(process, tmp_path):
+    """format=safetensors for diffexp's own networks and any process family: tensors + config + loader, no
+    pickle; the loaded network is the EMA network of the checkpoint (same outputs) over the same process;
+    format=diffusers names the alternative."""
     train(compose("train", ["data=toy2d", "data.num_train=64", "data.num_val=16", "data.num_test=16", "model=mlp",
-                            "model.hidden_dim=16", "model.num_blocks=1", "model.time_embed_dim=8", *TRAIN[3:]], tmp_path))
+                            "model.hidden_dim=16", "model.num_blocks=1", "model.time_embed_dim=8", *TRAIN[3:],
+                            f"process={process}"], tmp_path))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match="format=safetensors"):
         export_checkpoint(ckpt, tmp_path / "d", format="diffusers")
     out = tmp_path / "st"
     export_checkpoint(ckpt, out, format="safetensors")
-    assert sorted(p.name for p in out.iterdir()) == ["diffexp.json", "load.py", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["diffexp.json", "load.py", "model.safetensors"]  # 2-D data: no
+    # scheduler_config.json (diffusers schedulers describe images)
     assert not (out / "model.safetensors").read_bytes().startswith(b"PK")  # not a torch (zip/pickle) file
     exported, module = load_exported(out), load_model(str(ckpt))
-    x, t = torch.randn(5, 2), torch.tensor([0, 10, 20, 30, 49])
+    x = torch.randn(5, 2)
+    t = torch.tensor([0, 10, 20, 30, 49]) if process == "ddpm" else torch.tensor([0.01, 0.2, 0.5, 0.7, 1.0])
     with torch.no_grad():
         assert torch.equal(exported.net(x, t), module.ema.net(x, t))
-    assert exported.schedule.num_timesteps == 50 and exported.prediction == module.prediction
+    assert type(exported.process) is type(module.process) and exported.prediction == module.prediction
+    assert exported.process.is_discrete == (process == "ddpm")
     assert load_model(pretrained=str(out)).checkpoint_info["weights"] == "ema"  # pretrained=DIR reads it too
     rec = sample(compose("sample", [f"pretrained={out}", "sampler=ddim", "sampler.steps=3", "num_samples=4"],
                          tmp_path / "s"))

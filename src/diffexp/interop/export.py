@@ -9,10 +9,10 @@ The scheduler is a ``DDPMScheduler`` describing the training process (:func:`to_
 the network's ``prediction_type``, ``variance_type`` from ``variance``, ``clip_sample`` for [-1, 1] images,
 ``timestep_spacing: linspace`` = diffexp's ``uniform``).
 
-``format=safetensors`` (any diffexp network): ``model.safetensors`` (the network's state dict), ``diffexp.json``
-(the resolved training config and the data facts the network needs), ``scheduler_config.json`` (the process,
-for diffusers users) and ``load.py``; :func:`load_exported` rebuilds the network from the config by its class
-name and loads the tensors. No pickle anywhere: loading never executes code stored in the folder.
+``format=safetensors`` (any diffexp network, any process family): ``model.safetensors`` (the network's state
+dict), ``diffexp.json`` (the resolved training config and the data facts the network needs), ``load.py`` and,
+for the ddpm chain, ``scheduler_config.json`` (the process, for diffusers users); :func:`load_exported`
+rebuilds the module from the config by class names and loads the tensors. No pickle anywhere: loading never executes code stored in the folder.
 
 Both write the EMA weights by default (``ema=false``: the raw weights; a checkpoint whose EMA was never
 updated exports its raw weights, and ``diffexp.json`` says which were written).
@@ -59,15 +59,6 @@ def _prepare_out(out: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
-def _check_process(module) -> None:
-    from diffexp.process import DiffusionProcess
-    from diffexp.schedules import NoiseSchedule
-
-    if type(module.process) is not DiffusionProcess or not isinstance(getattr(module, "schedule", None), NoiseSchedule):
-        raise ConfigError(f"this checkpoint's process ({type(module.process).__name__}) is not the discrete DDPM process "
-                          "that diffusers' DDPM-family schedulers describe; only that family can be exported")
-
-
 def export_checkpoint(ckpt_path: str | os.PathLike, out: str | os.PathLike, format: str = "diffusers", ema: bool = True,
                       variance: str = "beta", overwrite: bool = False) -> dict[str, Any]:
     """Write ``out`` (see the module docstring) and return the record written to ``out/diffexp.json``."""
@@ -79,7 +70,6 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out: str | os.PathLike, form
     if getattr(module, "first_stage", None) is not None:  # diffexp.latent: the decoder would be lost
         raise ConfigError(f"{ckpt_path} is a latent diffusion checkpoint; exports hold the denoiser only, without its "
                           "autoencoder: sample and evaluate it with sample.py / evaluate.py")
-    _check_process(module)
     net = module.sampling_net(ema=ema)
     weights = "ema" if (ema and module.uses_ema) else "raw"
     record: dict[str, Any] = {
@@ -136,7 +126,7 @@ def _export_safetensors(module, net, record, clip, variance, out: Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     blob = save(state, metadata={"format": "pt", "weights": record["weights"]})
     atomic_write(out / "model.safetensors", lambda f: f.write(blob))
-    if module.prediction != "score" and len(module.data_shape) == 3:
+    if module.process.is_discrete and module.prediction != "score" and len(module.data_shape) == 3:
         atomic_write_json(out / "scheduler_config.json", to_scheduler_config(module.schedule, module.prediction, clip,
                                                                              variance))
     atomic_write_text(out / "load.py", LOADER)
@@ -144,16 +134,15 @@ def _export_safetensors(module, net, record, clip, variance, out: Path) -> None:
 
 
 def load_exported(path: str | os.PathLike, map_location="cpu"):
-    """The DiffusionModule of a ``format=safetensors`` export: the network rebuilt from ``diffexp.json``'s
-    model config (by class name, through Hydra), its tensors loaded from ``model.safetensors`` (strict),
-    the schedule rebuilt from the stored schedule config."""
+    """The DiffusionModule of a ``format=safetensors`` export: rebuilt from ``diffexp.json``'s training config
+    by :func:`diffexp.build.build_module` (network, process family, wrappers, all by class name through Hydra),
+    with the network's tensors loaded from ``model.safetensors`` (strict). The folder's one set of weights is
+    the network; the module's EMA is left un-updated, so samplers use those weights."""
     import torch
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
     from safetensors.torch import load_file
 
-    from diffexp.build import build_net
-    from diffexp.module import DiffusionModule
+    from diffexp.build import build_module
 
     root = Path(path)
     rec_path, weights_path = root / EXPORT_RECORD, root / "model.safetensors"
@@ -162,15 +151,12 @@ def load_exported(path: str | os.PathLike, map_location="cpu"):
             raise ConfigError(f"{root} is not a diffexp safetensors export: {p.name} is missing")
     record = json.loads(rec_path.read_text())
     cfg = OmegaConf.create(record["config"])
-    net = build_net(cfg, record["data_shape"], record["num_classes"])
+    info = {"data_shape": record["data_shape"], "num_classes": record["num_classes"], "data_range": record.get("data_range")}
+    module = build_module(cfg, info)
     try:
-        net.load_state_dict(load_file(str(weights_path)), strict=True)
+        module.net.load_state_dict(load_file(str(weights_path)), strict=True)
     except RuntimeError as e:
         raise ConfigError(f"{weights_path} does not match the network {root / EXPORT_RECORD} describes: {e}") from e
-    data_range = record.get("data_range")
-    module = DiffusionModule(net=net, schedule=instantiate(cfg.schedule), objective=None, prediction=record["prediction"],
-                             ema_decay=0.0, num_classes=record["num_classes"], data_shape=tuple(record["data_shape"]),
-                             data_range=tuple(data_range) if data_range is not None else None, config=record["config"])
     module.checkpoint_info = {"path": str(root), "global_step": int(record.get("global_step", 0)), "epoch": 0,
                               "pretrained": True, "weights": record.get("weights")}
     device = torch.device(map_location) if isinstance(map_location, str) else map_location
