@@ -1,7 +1,8 @@
 """The ``ddpm`` process trains bit-identically to the code before the process families (issue 11): the
 losses, timesteps and importance weights of every objective × target, on two schedules, equal those
 saved in tests/fixtures/ddpm_objective_losses.pt (made by tests/fixtures/make_ddpm_objective_losses.py
-with the earlier code)."""
+with the earlier code). One deliberate change is exempt: the losses of the fixed-large ELBO
+(``elbo-beta``) whose decoder variance became the paper's σ_1² = β_1 (issue 17); their timesteps still match."""
 
 import importlib.util
 from pathlib import Path
@@ -34,7 +35,10 @@ def test_ddpm_objectives_reproduce_saved_losses_exactly():
     expected = dict(zip(packed["keys"], packed["values"].split(packed["sizes"]), strict=True))
     importance = [k for k in results if "cosine10/elbo-importance" in k and "weights3" in k]
     assert any(bool((expected[k] != 1).any()) for k in importance)  # the importance sampler did warm up
+    changed_on_purpose = [k for k in results if "/elbo-beta/" in k and k.rsplit("/", 1)[-1].startswith(("loss", "val"))]
     for key, value in results.items():
+        if key in changed_on_purpose:
+            continue
         want = expected[key]
         if CHANGED_ON_PURPOSE in key and key.rsplit("/", 1)[1].startswith(("loss", "val")):
             continue

@@ -30,6 +30,7 @@ from diffexp.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEY, CheckpointErro
 from diffexp.denoiser import Denoiser
 from diffexp.ema import EMA, PowerEMA
 from diffexp.errors import NonFiniteError
+from diffexp.preconditioning import precondition as precondition_net
 from diffexp.process import DiffusionProcess, Process
 from diffexp.rng import derive_seed, make_generator
 from diffexp.schedules import NoiseSchedule
@@ -58,6 +59,8 @@ class DiffusionModule(L.LightningModule):
         compile: bool | dict = False,
         posthoc_ema: dict | None = None,
         process: Process | None = None,
+        precondition: str = "none",
+        sigma_data: float = 0.5,
     ):
         super().__init__()
         self.net = net
@@ -69,6 +72,11 @@ class DiffusionModule(L.LightningModule):
             process = DiffusionProcess(schedule)
         self.process = process
         self.schedule = process.schedule
+        # EDM preconditioning (diffexp/preconditioning.py): the module trains and samples the wrapped network
+        # D = c_skip x_t + c_out F(c_in x_t, ·), which predicts x0; F's weights live under net.net.*.
+        if precondition != "none" and prediction != "x0":
+            raise ValueError(f"module.precondition={precondition} makes the network predict x0; set prediction=x0")
+        self.net = net = precondition_net(net, process, precondition, sigma_data)
         self.objective = objective
         self.prediction = process.check_prediction(prediction)
         self.optimizer_factory = optimizer

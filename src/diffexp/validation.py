@@ -179,7 +179,7 @@ def _check_objective(cfg: DictConfig, schedule, errors: list[str]) -> None:
     weighting = obj.get("weighting")
     if weighting is not None and target and not _accepts(target, "weighting"):
         errors.append(f"objective.weighting={weighting}: {target.rsplit('.', 1)[-1]} has no loss weighting "
-                      "(weightings apply to objective=simple and hybrid)")
+                      "(weightings apply to objective=simple, hybrid and flow_matching)")
         return
     prediction = cfg.get("prediction")
     if weighting in ("min_snr", "p2") and prediction in ("x0", "v") and schedule is not None \
@@ -190,6 +190,32 @@ def _check_objective(cfg: DictConfig, schedule, errors: list[str]) -> None:
             "at t=T, the step every sampler starts from, so that prediction is never trained; use "
             "objective.weighting=uniform, or a schedule without zero terminal SNR"
         )
+
+
+def _check_objective_on_process(cfg: DictConfig, process, errors: list[str]) -> None:
+    """The objective (and its time sampler) is defined on the process (``objective.check``: e.g. the discrete
+    ELBO needs ddpm, flow matching a continuous family), and EDM preconditioning comes with prediction=x0."""
+    from diffexp.preconditioning import PRECONDITIONINGS
+
+    precondition = _get(cfg, "module.precondition", "none")
+    if precondition not in PRECONDITIONINGS:
+        errors.append(f"module.precondition={precondition}: valid: {list(PRECONDITIONINGS)}")
+    elif precondition != "none" and cfg.get("prediction") != "x0":
+        errors.append(f"module.precondition={precondition} wraps the network so that it predicts x0; set prediction=x0 "
+                      f"(got prediction={cfg.get('prediction')})")
+    obj = cfg.get("objective")
+    if process is None or not isinstance(obj, DictConfig) or any(e.startswith("objective.") for e in errors):
+        return
+    try:
+        objective = instantiate(obj)
+    except Exception as e:  # noqa: BLE001  (Hydra wraps the objective's ValueError)
+        errors.append(f"objective ({obj.get('_target_', '?')}): {e.__cause__ or e}")
+        return
+    if hasattr(objective, "check"):
+        try:
+            objective.check(process)
+        except ValueError as e:
+            errors.append(f"objective ({str(obj.get('_target_', '?')).rsplit('.', 1)[-1]}) with process={process.name}: {e}")
 
 
 def _check_conditioning(cfg: DictConfig, datamodule, errors: list[str]) -> None:
@@ -331,8 +357,10 @@ def validate_config(cfg: DictConfig, datamodule=None) -> None:
             schedule = instantiate(cfg.schedule)
         except (ValueError, TypeError) as e:
             errors.append(f"schedule ({cfg.schedule.get('_target_', '?')}): {e}")
-    _check_samplers(cfg, _check_process(cfg, schedule, prediction, errors), errors)
+    process = _check_process(cfg, schedule, prediction, errors)
+    _check_samplers(cfg, process, errors)
     _check_objective(cfg, schedule, errors)
+    _check_objective_on_process(cfg, process, errors)
     _check_conditioning(cfg, datamodule, errors)
     _check_precision(cfg, errors)
     _check_optimizer(cfg, errors)
