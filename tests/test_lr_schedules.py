@@ -101,6 +101,10 @@ def test_resume_continues_the_schedule_where_it_stopped(tmp_path):
                 s.step()
         assert _lr(b) == pytest.approx(_lr(a)) and b.fraction() == pytest.approx(a.fraction())
     assert _lr(b) == 0.0  # 145 s of a 100 s budget: annealed
+    # Resuming with a larger budget extends the schedule (the config's budget wins over the saved one).
+    c = _sched(FakeClock(0.0), max_time=400.0, decay="cosine")
+    c.load_state_dict(state)
+    assert c.budget_s == 400.0 and c.elapsed() == pytest.approx(70.0) and c.fraction() == pytest.approx(70.0 / 400.0)
 
 
 def test_bound_to_the_trainers_timer_and_follows_its_duration(monkeypatch):

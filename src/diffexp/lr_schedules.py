@@ -130,9 +130,14 @@ class BudgetLR(LRScheduler):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        state = dict(state_dict)
+        """Continue the step count and the elapsed time; the budget and the shape stay those of this run's config
+        (resuming with a larger ``trainer.max_time`` extends the schedule)."""
+        state = {k: v for k, v in state_dict.items() if k not in _CONFIG_KEYS}
         self._offset, self._t0 = float(state.pop("elapsed_s", 0.0)), self._clock()
         self.__dict__.update(state)
+
+
+_CONFIG_KEYS = ("budget_s", "max_steps", "warmup_steps", "warmup_fraction", "decay_start", "decay", "min_factor")
 
 
 def check_budget_args(max_time, max_steps, warmup_steps, warmup_fraction, decay_start, decay, min_factor) -> None:
