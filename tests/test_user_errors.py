@@ -114,6 +114,11 @@ CASES = [
     ("train", ["data=image_folder", "data.root={tmp}/images", "data.image_size=8", "data.batch_size=2"],
      ["{tmp}/images/broken.png", "cannot read image"]),
     ("train", ["data=image_folder", "data.root={tmp}/empty"], ["data.root={tmp}/empty", "image_folder data not found"]),
+    SLOW("train", ["seed=abc"], ["seed=abc", "integer"]),
+    SLOW("train", ["data.num_workers=-2"], ["data.num_workers=-2", ">= 0"]),
+    SLOW("train", ["data.eval_batch_size=0"], ["data.eval_batch_size=0"]),
+    SLOW("train", ["data=digits", "data.val_size=5000"], ["split size 5000", "data.val_size"]),
+    SLOW("train", ["trainer.devices=abc"], ["trainer (Trainer)", "`devices`"]),
     # train.py: resuming
     ("train", ["ckpt_path={tmp}/missing.ckpt"], ["checkpoint not found: {tmp}/missing.ckpt"]),
     ("train", ["ckpt_path={tmp}/garbage.ckpt"], ["{tmp}/garbage.ckpt", "corrupt or truncated"]),
@@ -264,3 +269,12 @@ def test_a_sweep_over_a_val_metric_without_validation_is_refused_at_config_time(
             validate_config(cfg)
     finally:
         compose_cfg(TOY)  # leave a single-run Hydra context behind for the tests that follow
+
+
+def test_missing_inception_weights_are_a_user_error(tmp_path):
+    from diffexp.errors import UserError
+    from diffexp.metrics.extractors import InceptionExtractor
+
+    with pytest.raises(UserError, match=f"(?s)not found at {tmp_path}/none.pth.*extractor.weights_path") as e:
+        InceptionExtractor(weights_path=tmp_path / "none.pth")
+    assert isinstance(e.value, FileNotFoundError)

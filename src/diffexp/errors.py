@@ -24,6 +24,10 @@ class DataError(UserError, ValueError):
     split. Not a training problem: the fix is in the data, not in the learning rate."""
 
 
+class MissingFileError(UserError, FileNotFoundError):
+    """A file the config points to (weights, statistics) is not there; the message names the path and the key."""
+
+
 class NonFiniteError(UserError, FloatingPointError):
     """A non-finite loss or gradient with ``module.nonfinite=raise`` (the message names the step and why)."""
 

@@ -95,10 +95,16 @@ def _check_steps(cfg: DictConfig, errors: list[str]) -> None:
     if vci is not None and (not _is_number(vci) or (_is_int(vci) and vci <= 0)
                             or (isinstance(vci, float) and not 0 < vci <= 1)):
         errors.append(f"trainer.val_check_interval={vci}: must be a positive number of steps or a fraction in (0, 1]")
-    for key in ("trainer.log_every_n_steps", "data.batch_size", "schedule.num_timesteps"):
+    for key in ("trainer.log_every_n_steps", "data.batch_size", "data.eval_batch_size", "schedule.num_timesteps"):
         v = _get(cfg, key)
         if v is not None and (not _is_int(v) or v < 1):
             errors.append(f"{key}={v}: must be a positive integer")
+    for key in ("data.num_workers", "data.subset", "data.val_subset"):
+        v = _get(cfg, key)
+        if v is not None and (not _is_int(v) or v < 0):
+            errors.append(f"{key}={v}: must be an integer >= 0" + ("" if key == "data.num_workers" else " (or null)"))
+    if not _is_int(cfg.get("seed", 0)):
+        errors.append(f"seed={cfg.get('seed')}: must be an integer")
     clip = _get(cfg, "trainer.gradient_clip_val")
     if clip is not None and (not _is_number(clip) or clip < 0):
         errors.append(f"trainer.gradient_clip_val={clip}: must be >= 0 (or null for no clipping)")

@@ -22,7 +22,7 @@ import lightning as L  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from diffexp.build import build_module, data_info  # noqa: E402
-from diffexp.validation import apply_global_batch, instantiate_checked, planned_world_size  # noqa: E402
+from diffexp.validation import ConfigError, apply_global_batch, instantiate_checked, planned_world_size  # noqa: E402
 
 
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:
@@ -72,7 +72,10 @@ def _exit_after_signal(signum: int | None, callbacks, trainer) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)  # network initialisation only
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):  # (the data config reads it too)
+        raise ConfigError(f"invalid config:\n  - seed={seed}: must be an integer")
+    L.seed_everything(seed, workers=True, verbose=False)  # network initialisation only
     datamodule = instantiate_checked(cfg.data, "data")
     from diffexp.latent import latent_datamodule, wants_latent
 

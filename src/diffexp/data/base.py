@@ -93,7 +93,8 @@ def count(size: int | float, n: int) -> int:
     """``size`` as a count out of ``n``: a float in (0, 1) is a fraction, otherwise an int."""
     k = int(round(size * n)) if isinstance(size, float) and 0 < size < 1 else int(size)
     if not 0 <= k <= n:
-        raise ValueError(f"split size {size} out of range for {n} examples")
+        raise DataError(f"split size {size} out of range for {n} examples (data.val_size / data.test_size: an "
+                        f"integer in [0, {n}] or a fraction in (0, 1))")
     return k
 
 

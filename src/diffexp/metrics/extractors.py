@@ -139,7 +139,9 @@ class InceptionExtractor(FeatureExtractor):
         super().__init__()
         path = inception_weights_path(weights_path)
         if not path.is_file():
-            raise FileNotFoundError(
+            from diffexp.errors import MissingFileError
+
+            raise MissingFileError(
                 f"FID Inception weights not found at {path}.\n"
                 f"Place the file {INCEPTION_FILENAME} (from {INCEPTION_URL}) exactly there, i.e. in "
                 f"$TORCH_HOME/hub/checkpoints/ (TORCH_HOME is currently {torch.hub.get_dir()!s}/..), or set "
