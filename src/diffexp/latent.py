@@ -103,7 +103,12 @@ class LatentDataModule(BaseDataModule):
         self.encoded: list[str] = []  # splits encoded by this instance (the rest came from the cache)
 
     def prepare_data(self) -> None:
+        """Encode the splits missing from the cache (Lightning calls this on one process per node before any
+        ``setup``, so DDP ranks then read the cache instead of all encoding)."""
         self.pixels.prepare_data()
+        for split in self.pixels.splits:
+            if not self.cache_path(split).is_file():
+                self._latents(split)
 
     def _key_params(self) -> dict[str, Any]:
         return {"autoencoder": self.hash}
