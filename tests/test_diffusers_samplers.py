@@ -51,7 +51,7 @@ def start_noise(seed: int = 0) -> torch.Tensor:
 
 def scheduler(cls, schedule, prediction="eps", clip=False, **kw):
     """A diffusers scheduler built from the config diffexp exports, with float64 tables (diffusers builds
-    float32 ones; they are compared to ours in test_diffusers_interop.py)."""
+    float32 ones; they are compared to ours in test_diffusers_schedules.py)."""
     # from_config ignores the DDPM-only keys a scheduler does not take (as pipelines swapping schedulers do)
     sched = cls.from_config(to_scheduler_config(schedule, prediction, clip_sample=clip), **kw)
     sched.betas = schedule.betas.clone()
