@@ -11,6 +11,7 @@ from diffexp import schedules as S
 from diffexp.oracles import GaussianOracle
 from diffexp.preconditioning import EDMPreconditioned, edm_coefficients, precondition
 from diffexp.process import DiffusionProcess
+from diffexp.processes import EDMProcess, FlowProcess, SubVPSDEProcess, VEProcess, VPSDEProcess
 
 SD = 0.5
 
@@ -61,10 +62,11 @@ class Zero(torch.nn.Module):
 
 
 def processes():
-    return [DiffusionProcess(S.linear(100)), DiffusionProcess(S.cosine(50))]
+    return [DiffusionProcess(S.linear(100)), DiffusionProcess(S.cosine(50)), VPSDEProcess(), SubVPSDEProcess(),
+            VEProcess(), EDMProcess(), FlowProcess()]
 
 
-@pytest.mark.parametrize("process", processes(), ids=lambda p: getattr(p, "name", type(p).__name__))
+@pytest.mark.parametrize("process", processes(), ids=lambda p: p.name)
 def test_skip_alone_is_the_exact_denoiser_of_gaussian_data(process):
     """With F ≡ 0, D = c_skip x_t = E[x_0 | x_t] for x_0 ~ N(0, σ_d² I): the exact denoiser."""
     net = Zero()
@@ -72,9 +74,9 @@ def test_skip_alone_is_the_exact_denoiser_of_gaussian_data(process):
     assert isinstance(wrapped, EDMPreconditioned) and precondition(net, process, "none") is net
     oracle = GaussianOracle(torch.zeros(3), SD**2, process, prediction="x0")
     g = torch.Generator().manual_seed(1)
-    lo, hi = float(getattr(process, "t_min", 0)), float(getattr(process, "t_max", process.num_timesteps - 1))
+    lo, hi = float(process.t_min), float(process.t_max)
     t = torch.tensor([lo, hi, 0.5 * (lo + hi)], dtype=torch.float64)
-    if getattr(process, "is_discrete", True):
+    if process.is_discrete:
         t = t.round().long()
     x_t = torch.randn(3, 3, generator=g, dtype=torch.float64)
     net_t = process.net_time(t)  # what the module and the Denoiser hand to the network

@@ -158,11 +158,13 @@ class DiffusionModule(L.LightningModule):
                 )
 
     def _quarter(self, t: Tensor) -> Tensor:
-        """Which quarter of the process's t range each t lies in (ddpm: index·4 // T)."""
+        """Which quarter of the process's range each t lies in (ddpm: index·4 // T). Continuous families are
+        cut in network time (0..1000): quarters of t on [0, 1] families, of log σ on ``edm`` (whose t = σ
+        spans 0.002..80, so quarters of t itself would put nearly every log-normal draw in the first)."""
         p = self.process
         if p.is_discrete:
             return (t.long() * 4) // p.num_timesteps
-        return (4 * (t.double() - p.t_min) / (p.t_max - p.t_min)).long().clamp(0, 3)
+        return (p.net_time(t.double()) / 250.0).long().clamp(0, 3)
 
     def _logging_step(self) -> bool:
         """Whether this training step's logged values are written to the loggers (Lightning writes on-step
