@@ -155,3 +155,11 @@ def test_samples_with_every_sampler(sampler, tmp_path):
     assert isinstance(module.net, EnergyNet)
     x = instantiate(cfg.sampler)(module.denoiser(ema=False), shape=(2,), seeds=[0, 1, 2])
     assert x.shape == (3, 2) and torch.isfinite(x).all()
+
+
+def test_energy_with_preconditioning_is_a_config_error(tmp_path):
+    from diffexp.validation import ConfigError
+
+    cfg = compose("train", TOY + ["module.precondition=edm", "prediction=x0"], tmp_path)
+    with pytest.raises(ConfigError, match=r"model.energy=true with module.precondition=edm"):
+        build_module(cfg, {"data_shape": [2], "num_classes": None, "data_range": None})

@@ -128,6 +128,11 @@ def build_module(cfg: DictConfig, info: dict[str, Any]) -> DiffusionModule:
     if cfg.model.get("energy", False):  # score = −∇_x E by autograd (diffexp.models.energy)
         from diffexp.models.energy import EnergyNet
 
+        precondition = OmegaConf.select(cfg, "module.precondition", default="none")
+        if precondition not in (None, "none"):  # the wrapper reads its input as x_t, not the preconditioner's c_in x_t
+            raise ConfigError(f"model.energy=true with module.precondition={precondition}: the energy wraps the raw "
+                              "network and reads its input as x_t; use module.precondition=none with an energy model")
+
         net = EnergyNet(net, process, cfg.prediction, head=cfg.model.get("energy_head", "l2"))
     objective = instantiate(cfg.objective)
     module_cfg = OmegaConf.to_container(cfg.module, resolve=True) if "module" in cfg else {}
