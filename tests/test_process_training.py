@@ -63,7 +63,8 @@ def test_resume_refuses_another_family_or_family_parameter(tmp_path):
 
 
 def test_loss_quarters_follow_the_family_time_range():
-    """train/loss_t0..3 split the family's [t_min, t_max] into quarters (ddpm: index·4 // T)."""
+    """train/loss_t0..3 split the family's range into quarters of network time (ddpm: index·4 // T): of t on
+    flow, of log σ on edm (boundaries σ = 0.002 · 40000^(k/4) = 0.028, 0.4, 5.7)."""
     from diffexp.models import MLP
     from diffexp.module import DiffusionModule
     from diffexp.objectives import SimpleObjective
@@ -71,6 +72,6 @@ def test_loss_quarters_follow_the_family_time_range():
 
     net = MLP(in_channels=2, hidden_dim=8, num_blocks=1, time_embed_dim=8)
     for process, t in ((FlowProcess(), [0.0, 0.24, 0.26, 0.5, 0.99, 1.0]),
-                       (EDMProcess(), [0.002, 20.0, 20.1, 40.1, 79.0, 80.0])):
+                       (EDMProcess(), [0.002, 0.028, 0.029, 0.5, 79.0, 80.0])):
         module = DiffusionModule(net, None, SimpleObjective(), process=process, data_shape=(2,), data_range=None)
         assert module._quarter(torch.tensor(t, dtype=torch.float64)).tolist() == [0, 0, 1, 2, 3, 3]
