@@ -9,6 +9,7 @@ from diffexp.samplers.dpmpp_2m import DPMSolverPP2MSampler
 from diffexp.samplers.heun import HeunSampler
 from diffexp.samplers.langevin import LangevinSampler
 from diffexp.samplers.pc import PCSampler
+from diffexp.samplers.sde import EulerMaruyamaSampler
 
 SAMPLERS = {
     "ddpm": DDPMSampler,
@@ -18,6 +19,7 @@ SAMPLERS = {
     "heun": HeunSampler,
     "dpmpp_2m": DPMSolverPP2MSampler,
     "adaptive": AdaptiveODESampler,
+    "euler_maruyama": EulerMaruyamaSampler,
 }
 
 __all__ = [
@@ -35,4 +37,5 @@ __all__ = [
     "HeunSampler",
     "DPMSolverPP2MSampler",
     "AdaptiveODESampler",
+    "EulerMaruyamaSampler",
 ]
