@@ -78,7 +78,7 @@ def test_negative_or_zero_steps(tmp_path, overrides, needles):
     ("pc", "spacing", "karras", "'uniform', 'quadratic', 'trailing'"),
     ("pc", "norms", "mean", "'batch', 'sample', 'expected'"),
     ("pc", "predictor", "euler", "'ancestral', 'ddim'"),
-    ("dpmpp_2m", "spacing", "uniform", "'karras', 'logsnr', 'time'"),
+    ("dpmpp_2m", "spacing", "uniform", "'time', 'karras', 'logsnr', 'shift'"),
     ("heun", "solver", "rk4", "'heun', 'euler'"),
     ("heun", "rho", "-1", "positive"),
     ("langevin", "num_levels", "0", "positive integer"),

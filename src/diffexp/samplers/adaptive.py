@@ -6,26 +6,10 @@ import math
 
 import torch
 
-from diffexp.samplers.base import OptionError, Sampler, check_choice, check_positive, report, sigma_range
+from diffexp.samplers.base import OptionError, Sampler, check_choice, check_positive, report
+from diffexp.samplers.grids import sigma_range
 
 METHODS = ("dopri5", "bosh3", "fehlberg2", "adaptive_heun", "dopri8")
-
-
-def ve_start(model, x_T, sigma_max: float):
-    """The VE samplers' start x̃ = x_T/α at level σ_max from standard normal draws (the process's prior).
-    Uses the process's own rule where it has one (``BoundDenoiser.ve_prior``), else the discrete chain's
-    x̃ = x_T √(1+σ_max²)."""
-    if hasattr(model, "ve_prior"):
-        return model.ve_prior(x_T, sigma_max)
-    return x_T * math.sqrt(1.0 + sigma_max**2)
-
-
-def process_sigma_range(model) -> tuple[float, float]:
-    """(σ_min, σ_max) of the sampled process in VE terms (the family's own range where it has one)."""
-    process = model.process
-    if hasattr(process, "sigma_range"):
-        return tuple(float(v) for v in process.sigma_range())
-    return sigma_range(process.schedule)
 
 
 class AdaptiveODESampler(Sampler):
@@ -65,7 +49,7 @@ class AdaptiveODESampler(Sampler):
             from torchdiffeq import odeint
         except ImportError as e:  # pragma: no cover - the extra is part of .[all]
             raise OptionError("method", "the adaptive ODE sampler needs torchdiffeq: pip install 'diffexp[ode]'") from e
-        sigma_min, sigma_max = process_sigma_range(model)
+        sigma_min, sigma_max = sigma_range(model.process)
         calls = [0]
 
         def rhs(s, x):
@@ -74,7 +58,7 @@ class AdaptiveODESampler(Sampler):
             return x - pred.x0.to(x.dtype)
 
         span = torch.tensor([math.log(sigma_max), math.log(sigma_min)], dtype=torch.float64)
-        x = ve_start(model, x_T, sigma_max)
+        x = model.ve_prior(x_T, sigma_max)
         x = odeint(rhs, x, span.to(x.device), rtol=self.rtol, atol=self.atol, method=self.method)[-1]
         pred, x_t, t = model.denoise_ve(x, sigma_min)
         self.last_nfe = calls[0] + 1

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from diffexp.denoiser import Denoiser
 from diffexp.process import Prediction
+from diffexp.samplers.grids import karras_sigmas, loglinear_sigmas, sigma_range, time_sigmas  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -263,47 +264,3 @@ def timesteps(num_timesteps: int, steps: int, spacing: str = "uniform") -> list[
             ts[k] = min(ts[k], ts[k + 1] - 1)
     assert len(set(ts)) == S and ts == sorted(ts) and 0 <= ts[0] and ts[-1] <= T - 1
     return ts
-
-
-def sigma_range(process) -> tuple[float, float]:
-    """(σ_min, σ_max) of a process (or a ddpm schedule) in VE terms: the ends of the noise grids (ddpm: σ
-    at index 0 and the largest finite σ, a zero-terminal-SNR schedule having σ_{T-1} = ∞)."""
-    if not hasattr(process, "sigma_range"):  # a NoiseSchedule
-        from diffexp.process import DiffusionProcess
-
-        process = DiffusionProcess(process)
-    return process.sigma_range()
-
-
-def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> list[float]:
-    """σ_i = (σ_max^{1/ρ} + i/(n-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ, i < n, and σ_n = 0
-    (Karras et al. 2022, eq. 5)."""
-    if n < 1:
-        raise ValueError(f"steps must be >= 1, got {n}")
-    if n == 1:
-        return [sigma_max, 0.0]
-    i = torch.arange(n, dtype=torch.float64) / (n - 1)
-    s = (sigma_max ** (1 / rho) + i * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return s.tolist() + [0.0]
-
-
-def loglinear_sigmas(n: int, sigma_min: float, sigma_max: float) -> list[float]:
-    """σ uniform in log σ (= uniform in λ = log(α/σ_VP) = -log σ, Lu et al. 2022), then 0."""
-    if n == 1:
-        return [sigma_max, 0.0]
-    s = torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
-    return s.tolist() + [0.0]
-
-
-def time_sigmas(n: int, process) -> list[float]:
-    """The process's own σ at ``n`` uniformly spaced times (highest first), then 0: ddpm's timestep indices
-    (or a ddpm schedule's), or t uniform over a continuous family's sampling range."""
-    schedule = process if not hasattr(process, "is_discrete") else process.schedule
-    if schedule is None:
-        t = torch.linspace(process.sample_t_max, process.sample_t_min, n, dtype=torch.float64)
-        return process.sigma(t).tolist() + [0.0]
-    ts = timesteps(schedule.num_timesteps, n, "uniform")[::-1]
-    sig = [float(schedule.sigmas[t]) for t in ts]
-    if not math.isfinite(sig[0]):
-        sig[0] = sigma_range(schedule)[1]
-    return sig + [0.0]

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import math
 
-from diffexp.samplers.base import (
-    Sampler,
-    check_choice,
-    check_positive,
-    karras_sigmas,
-    loglinear_sigmas,
-    report,
-    sigma_range,
-    time_sigmas,
-)
+from diffexp.samplers.base import Sampler, check_choice, check_positive, report
+from diffexp.samplers.grids import SPACINGS, sigma_grid
 
 
 class DPMSolverPP2MSampler(Sampler):
@@ -24,12 +16,13 @@ class DPMSolverPP2MSampler(Sampler):
         x_{i+1} = (σ_{i+1}/σ_i) x_i - (e^{-h_i} - 1) D_i
 
     which is Lu et al.'s x_{t_i} = (σ_{t_i}/σ_{t_{i-1}}) x - α_{t_i}(e^{-h_i}-1) D_i divided by α_{t_i}.
-    The first step, and the last one (to σ = 0, returning x̂_0), are first order. ``spacing``: ``karras``
+    The first step, and the last one (to σ = 0, returning x̂_0), are first order. ``spacing`` (any grid of
+    :mod:`diffexp.samplers.grids`; also ``shift``): ``karras``
     (ρ = 7), ``logsnr`` (uniform in λ) or ``time`` (uniform timestep indices); N steps = N evaluations."""
 
     def __init__(self, steps: int = 20, spacing: str = "karras", rho: float = 7.0, clip_denoised: bool = True):
         super().__init__(clip_denoised)
-        check_choice("spacing", spacing, ("karras", "logsnr", "time"))
+        check_choice("spacing", spacing, SPACINGS)
         check_positive("rho", rho)
         self.steps, self.spacing, self.rho = steps, spacing, rho
 
@@ -41,11 +34,7 @@ class DPMSolverPP2MSampler(Sampler):
         return f"dpmpp_2m-{self.steps}"
 
     def sigmas(self, process) -> list[float]:
-        if self.spacing == "karras":
-            return karras_sigmas(self.steps, *sigma_range(process), rho=self.rho)
-        if self.spacing == "logsnr":
-            return loglinear_sigmas(self.steps, *sigma_range(process))
-        return time_sigmas(self.steps, process)
+        return sigma_grid(process, self.steps, self.spacing, rho=self.rho)
 
     def sample(self, model, x_T, noise, callback):
         sigmas = self.sigmas(model.process)

@@ -26,12 +26,44 @@ SPACINGS = ("time", "karras", "logsnr", "shift")
 
 def process_sigma_range(process) -> tuple[float, float]:
     """(σ_min, σ_max) of the process's sampling range in VE terms (finite: a zero-terminal-SNR ddpm
-    schedule contributes its largest finite σ)."""
+    schedule contributes its largest finite σ). Also accepts a ddpm ``NoiseSchedule``."""
     if hasattr(process, "sigma_range"):
         lo, hi = process.sigma_range()
         return float(lo), float(hi)
-    sig = process.schedule.sigmas
+    sig = getattr(process, "schedule", process).sigmas
     return float(sig[0]), float(sig[torch.isfinite(sig)].max())
+
+
+sigma_range = process_sigma_range
+
+
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> list[float]:
+    """σ_i = (σ_max^{1/ρ} + i/(n-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ, i < n, and σ_n = 0
+    (Karras et al. 2022, eq. 5)."""
+    if n < 1:
+        raise ValueError(f"steps must be >= 1, got {n}")
+    if n == 1:
+        return [sigma_max, 0.0]
+    i = torch.arange(n, dtype=torch.float64) / (n - 1)
+    s = (sigma_max ** (1 / rho) + i * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return s.tolist() + [0.0]
+
+
+def loglinear_sigmas(n: int, sigma_min: float, sigma_max: float) -> list[float]:
+    """σ uniform in log σ (= uniform in λ = log(α/σ_VP) = -log σ, Lu et al. 2022), then 0."""
+    if n == 1:
+        return [sigma_max, 0.0]
+    s = torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
+    return s.tolist() + [0.0]
+
+
+def time_sigmas(n: int, process) -> list[float]:
+    """:func:`sigma_grid` with ``time`` spacing (a ddpm ``NoiseSchedule`` is accepted too)."""
+    if not hasattr(process, "sigma"):  # a NoiseSchedule
+        from diffexp.process import DiffusionProcess
+
+        process = DiffusionProcess(process)
+    return sigma_grid(process, n, "time")
 
 
 def _sample_range(process, finite: bool = False) -> tuple[float, float]:
@@ -55,11 +87,10 @@ def sigma_grid(process, steps: int, spacing: str = "karras", rho: float = 7.0, s
     if steps == 1:
         return [hi, 0.0]
     if spacing == "karras":
-        i = torch.arange(steps, dtype=torch.float64) / (steps - 1)
-        s = (hi ** (1 / rho) + i * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-    elif spacing == "logsnr":
-        s = torch.linspace(math.log(hi), math.log(lo), steps, dtype=torch.float64).exp()
-    elif spacing == "time" and is_discrete(process):  # the schedule's own σ_t at its integer timesteps
+        return karras_sigmas(steps, lo, hi, rho=rho)
+    if spacing == "logsnr":
+        return loglinear_sigmas(steps, lo, hi)
+    if is_discrete(process) and spacing == "time":  # the schedule's own σ_t at its integer timesteps
         ts = [int(t) for t in time_grid(process, steps, "time", finite=True)]
         s = process.schedule.sigmas[ts].clone()
         s[0] = hi  # the top of the finite range (a zero-terminal-SNR schedule's last σ is ∞)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from diffexp.samplers.base import Sampler, check_choice, check_positive, karras_sigmas, report, sigma_range
+from diffexp.samplers.base import Sampler, check_choice, check_positive, report
+from diffexp.samplers.grids import sigma_grid
 
 
 class HeunSampler(Sampler):
@@ -26,7 +27,7 @@ class HeunSampler(Sampler):
         return f"{self.solver}-{self.steps}"
 
     def sample(self, model, x_T, noise, callback):
-        sigmas = karras_sigmas(self.steps, *sigma_range(model.process), rho=self.rho)
+        sigmas = sigma_grid(model.process, self.steps, "karras", rho=self.rho)
         x = model.ve_prior(x_T, sigmas[0])
         for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
             pred, x_t, t = model.denoise_ve(x, s)

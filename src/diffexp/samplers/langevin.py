@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from diffexp.samplers.base import Sampler, check_positive, check_positive_int, report, sigma_range
+from diffexp.samplers.base import Sampler, check_positive, check_positive_int, report
+from diffexp.samplers.grids import sigma_range
 
 # Song & Ermon 2019 (CIFAR-10): σ from 1 to 0.01 over L = 10 levels, a ratio 100^(1/9) ≈ 1.668 per level.
 NCSN_LEVEL_RATIO = 100 ** (1 / 9)
