@@ -115,6 +115,8 @@ CASES = [
      ["{tmp}/images/broken.png", "cannot read image"]),
     ("train", ["data=image_folder", "data.root={tmp}/empty"], ["data.root={tmp}/empty", "image_folder data not found"]),
     SLOW("train", ["seed=abc"], ["seed=abc", "integer"]),
+    SLOW("train", ["+optimizer.lrr=1e-3"], ["optimizer (AdamW)", "lrr"]),
+    SLOW("train", ["+lr_scheduler.warmup=5"], ["lr_scheduler.warmup", "no such option"]),
     SLOW("train", ["data.num_workers=-2"], ["data.num_workers=-2", ">= 0"]),
     SLOW("train", ["data.eval_batch_size=0"], ["data.eval_batch_size=0"]),
     SLOW("train", ["data=digits", "data.val_size=5000"], ["split size 5000", "data.val_size"]),

@@ -276,6 +276,22 @@ def _check_optimizer(cfg: DictConfig, errors: list[str]) -> None:
                               or not all(_is_number(b) and 0 <= b < 1 for b in betas)):
         shown = OmegaConf.to_container(betas) if OmegaConf.is_list(betas) else betas
         errors.append(f"optimizer.betas={shown}: must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+    if errors:
+        return
+    # Everything else torch checks (an unknown option such as +optimizer.lrr=..., fused on an unsupported
+    # device): build the optimizer once over a dummy parameter, as configure_optimizers will inside fit.
+    target = str(opt.get("_target_", "?")).rsplit(".", 1)[-1]
+    try:
+        instantiate_checked(opt, "optimizer")(params=[torch.nn.Parameter(torch.zeros(1))])
+    except ConfigError as e:
+        errors.append(str(e))
+    except (ValueError, TypeError, RuntimeError) as e:
+        errors.append(f"optimizer ({target}): {e}")
+    sched = cfg.get("lr_scheduler")
+    if isinstance(sched, DictConfig) and sched.get("_target_"):
+        unknown = [k for k in sched if k not in ("_target_", "_partial_") and not _accepts(str(sched._target_), k)]
+        if unknown:
+            errors.append(f"lr_scheduler.{unknown[0]}: {str(sched._target_).rsplit('.', 1)[-1]} has no such option")
 
 
 def instantiate_checked(node: DictConfig, key: str, **kwargs: Any) -> Any:
