@@ -163,3 +163,17 @@ def test_energy_with_preconditioning_is_a_config_error(tmp_path):
     cfg = compose("train", TOY + ["module.precondition=edm", "prediction=x0"], tmp_path)
     with pytest.raises(ConfigError, match=r"model.energy=true with module.precondition=edm"):
         build_module(cfg, {"data_shape": [2], "num_classes": None, "data_range": None})
+
+
+FAMILIES = {"vp_sde": ["objective=simple"], "ve": ["objective=ncsn"], "edm": ["objective=edm", "prediction=x0"],
+            "flow": ["objective=flow_matching", "prediction=velocity"]}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_trains_and_samples_on_every_process_family(family, tmp_path):
+    cfg = compose("train", TOY + QUIET + [f"process={family}", "sampler=heun", "sampler.steps=3"] + FAMILIES[family],
+                  tmp_path)
+    assert math.isfinite(train(cfg)["val/loss"])
+    module = build_module(cfg, {"data_shape": [2], "num_classes": None, "data_range": None})
+    x = instantiate(cfg.sampler)(module.denoiser(ema=False), shape=(2,), seeds=[0, 1])
+    assert torch.isfinite(x).all()
