@@ -280,3 +280,22 @@ def test_missing_inception_weights_are_a_user_error(tmp_path):
     with pytest.raises(UserError, match=f"(?s)not found at {tmp_path}/none.pth.*extractor.weights_path") as e:
         InceptionExtractor(weights_path=tmp_path / "none.pth")
     assert isinstance(e.value, FileNotFoundError)
+
+
+def test_in_a_multirun_the_job_fails_as_a_job(compose_cfg, capsys):
+    """In a sweep the short message is printed and the error re-raised (not SystemExit), so that Hydra's launcher
+    and sweeper record a failed job instead of a worker process that exited."""
+    from diffexp.cli.errors import user_errors
+
+    compose_cfg([*TOY, "hydra.mode=MULTIRUN"])
+    try:
+        with pytest.raises(ConfigError):
+            with user_errors("train"):
+                raise ConfigError("optimizer.lr=abc: must be a positive number")
+        assert capsys.readouterr().err == "train: error: optimizer.lr=abc: must be a positive number\n"
+    finally:
+        compose_cfg(TOY)
+    with pytest.raises(SystemExit) as e:  # a single run exits with status 2
+        with user_errors("train"):
+            raise ConfigError("optimizer.lr=abc: must be a positive number")
+    assert e.value.code == 2

@@ -11,6 +11,8 @@ callback settings) count as ones too. Inside :func:`user_errors` such an error i
     (set DIFFEXP_DEBUG=1 to see the traceback)
 
 and the process exits with status 2 — no traceback, and nothing after it (it is the last thing on stderr).
+Inside a multirun (``-m``) the message is printed the same way, but the exception is then re-raised so that
+the launcher and sweeper record the job as failed (a joblib/submitit worker must not simply exit).
 Any other exception is a bug and propagates with its traceback (Hydra prints it). ``DIFFEXP_DEBUG=1``
 re-raises user errors too and sets ``HYDRA_FULL_ERROR=1``, so Hydra's own errors show their full stack.
 """
@@ -67,6 +69,19 @@ def user_errors(tool: str) -> Iterator[None]:
         if message is None or debug_enabled():
             raise
         sys.stdout.flush()
+        if _in_multirun():  # the sweep's launcher/sweeper must see the job fail as a job (a worker must not exit)
+            sys.stderr.write(f"{tool}: error: {message}\n")
+            sys.stderr.flush()
+            raise
         sys.stderr.write(f"{tool}: error: {message}\n(set {DEBUG_ENV}=1 to see the traceback)\n")
         sys.stderr.flush()
         raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.initialized() and str(HydraConfig.get().mode) in ("RunMode.MULTIRUN", "MULTIRUN")
+    except Exception:  # noqa: BLE001 - no Hydra context
+        return False
