@@ -88,6 +88,22 @@ def test_unknown_sampler_options_are_rejected_naming_the_key(tmp_path, sampler, 
     rejected(tmp_path, [f"sampler={sampler}", f"sampler.{option}={value}"], f"sampler.{option}={value}", valid)
 
 
+@pytest.mark.parametrize("overrides,needles", [
+    (["sampler=euler_maruyama"], ["sampler (", "use sampler=ddpm", "process=vp_sde|subvp_sde|ve|edm|flow"]),
+    (["process=ve", "sampler=ddim", "sampler.spacing=trailing"], ["sampler.spacing=trailing", "on the ve process",
+                                                                    "'uniform', 'time', 'karras', 'logsnr', 'shift'"]),
+    (["process=flow", "sampler=pc", "sampler.spacing=quadratic"], ["sampler.spacing=quadratic", "on the flow process"]),
+])
+def test_a_sampler_that_cannot_run_on_the_family_is_named_at_config_time(tmp_path, overrides, needles):
+    rejected(tmp_path, overrides, *needles)
+
+
+@pytest.mark.parametrize("family", ["flow"])
+def test_every_sampler_is_accepted_on_continuous_families(tmp_path, family):
+    for sampler in ["ddpm", "ddim", "pc", "euler_maruyama", "heun", "adaptive"]:
+        check(tmp_path, [f"process={family}", f"sampler={sampler}"])
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm", "pc"])
 def test_sampler_steps_beyond_the_schedule(tmp_path, sampler):
     rejected(tmp_path, [f"sampler={sampler}", "sampler.steps=2000", "schedule.num_timesteps=1000"],
