@@ -47,9 +47,9 @@ class EnergyNet(nn.Module):
     def energy(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """E_θ(x, t) = Ẽ_θ(x, t) / σ_t, the energy whose negative gradient is the score; shape (B,)."""
         t_proc = self.process.t_of_net_time(t)  # t is the network time (the ddpm index itself)
-        sigma = self.process.predict(torch.zeros_like(x), x, t_proc, "eps").noise_scale  # σ_t, read through the algebra
+        noise_scale = self.process.predict(torch.zeros_like(x), x, t_proc, "eps").noise_scale  # σ_t, via the algebra
         e = self.scalar(x, t, y)
-        return e / sigma.flatten().to(e.dtype)
+        return e / noise_scale.flatten().to(e.dtype)
 
     def eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """ε̂_θ = ∇_x Ẽ_θ(x, t) (differentiable w.r.t. θ when gradients are being recorded)."""

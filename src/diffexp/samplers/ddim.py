@@ -14,12 +14,13 @@ INDEX_SPACINGS = ("uniform", "quadratic", "trailing")  # the ddpm schedule's own
 
 def ddim_step(x0, eps, ab_prev: float, ab: float, eta: float, noise, x):
     """x_{prev} = √ᾱ_prev x̂_0 + √(1-ᾱ_prev-σ²) ε̂ + σ z (Song et al. eq. 12) with
-    σ = η √((1-ᾱ_prev)/(1-ᾱ_t)) √(1-ᾱ_t/ᾱ_prev) (eq. 16). ᾱ_prev = 1 returns x̂_0 exactly."""
+    σ = η √((1-ᾱ_prev)/(1-ᾱ_t)) √(1-ᾱ_t/ᾱ_prev) (eq. 16; ``noise_std`` here, since ``sigma`` names only the
+    VE noise level). ᾱ_prev = 1 returns x̂_0 exactly."""
     if ab_prev == 1.0:
         return x0
-    sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) if ab < 1 else 0.0
-    out = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
-    return out + sigma * noise.randn_like(x) if sigma > 0 else out
+    noise_std = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) if ab < 1 else 0.0
+    out = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - noise_std**2, 0.0)) * eps
+    return out + noise_std * noise.randn_like(x) if noise_std > 0 else out
 
 
 def ddim_step_scales(x0, eps, a_s: float, s_s: float, a_t: float, s_t: float, eta: float, noise, x):
