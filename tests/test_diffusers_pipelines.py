@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import compose
+from conftest import REPO, compose
 from diffexp.cli.evaluate import evaluate
 from diffexp.cli.sample import sample
 from diffexp.cli.train import train
@@ -174,3 +177,16 @@ def test_safetensors_export_of_a_diffexp_network(process, tmp_path):
     assert rec["weights"] == "ema" and rec["pretrained"]  # the exported weights, as diffexp.json says
     samples = DDPMSampler(steps=5)(exported.denoiser(), shape=(2,), seeds=[0, 1, 2])
     assert samples.shape == (3, 2) and torch.isfinite(samples).all()
+
+
+def test_export_cli_user_errors_are_one_line(tmp_path):
+    """python export.py: a missing checkpoint is one named message and exit status 2 (an unknown format is
+    refused the same way, before the checkpoint is read: checked in-process)."""
+    env = dict(os.environ, DIFFEXP_LOGS=str(tmp_path / "logs"))
+    env.pop("DIFFEXP_DEBUG", None)
+    proc = subprocess.run([sys.executable, "export.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"out={tmp_path / 'x'}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "export: error: checkpoint not found" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    with pytest.raises(ConfigError, match="format='onnx'; valid"):
+        export_checkpoint(tmp_path / "nope.ckpt", tmp_path / "x", format="onnx")

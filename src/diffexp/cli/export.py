@@ -9,9 +9,11 @@ safetensors + config + loader. EMA weights by default (``ema=false`` for the raw
 from __future__ import annotations
 
 import diffexp  # noqa: F401
+from diffexp.cli.errors import enable_debug_tracebacks, user_errors
 from diffexp.config import CONFIG_DIR, setup_environment
 
 setup_environment()
+enable_debug_tracebacks()
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
@@ -26,7 +28,8 @@ def export(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
-    export(cfg)
+    with user_errors("export"):  # a mistake in the config or checkpoint: one message, exit status 2
+        export(cfg)
 
 
 if __name__ == "__main__":
