@@ -27,11 +27,15 @@ class GeometricLadder(TimeSampler):
             raise ValueError(f"ladder num_levels must be an integer >= 2, got {num_levels}")
         self.num_levels = int(num_levels)
 
+    def check(self, process) -> None:
+        self.levels(process)  # finite, positive ends (raises naming them otherwise)
+
     def levels(self, process) -> Tensor:
         """The ladder's times t_1 > … > t_L (largest σ first), float64."""
         lo, hi = (float(v) for v in process.sigma_range())
         if not (math.isfinite(hi) and lo > 0):
-            raise ValueError(f"the geometric ladder needs finite positive noise levels at both ends, got σ in [{lo}, {hi}]")
+            raise ValueError(f"timestep_sampler=ladder needs finite positive noise levels at both ends of the "
+                             f"{getattr(process, 'name', 'process')} range, got σ in [{lo}, {hi}]")
         sigmas = torch.linspace(math.log(hi), math.log(lo), self.num_levels, dtype=torch.float64).exp()
         return clamp_time(process.t_of_sigma(sigmas).to(torch.float64), process)
 

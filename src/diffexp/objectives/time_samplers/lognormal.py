@@ -4,7 +4,7 @@
 
 σ is the Karras/VE noise level σ(t)/α(t) of the process (on ``edm`` and ``ve`` it is the noise scale
 itself), so the same distribution of noise levels is used whatever the family. Clamping moves the mass
-outside the family's range onto its ends (for ``edm``, σ ∈ [0.002, 80], about 0.2% of draws). On ``ddpm``
+outside the family's range onto its ends (for ``edm``, σ ∈ [0.002, 80], about 2e-5 of the draws). On ``ddpm``
 the times are fractional indices (the process interpolates log σ between steps). Weights 1: p(σ) is
 part of the objective's definition (EDM eq. 8), not an importance proposal.
 """
