@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import diffexp  # noqa: F401  (torchvision shim before lightning)
+from diffexp.cli.errors import user_errors
 from diffexp.config import CONFIG_DIR, print_config_tree, setup_environment
 
 setup_environment()
@@ -89,7 +90,8 @@ def train_autoencoder(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train_autoencoder")
 def main(cfg: DictConfig) -> None:
-    train_autoencoder(cfg)
+    with user_errors("train_autoencoder"):  # a mistake in the config, a file or the data: one message, exit status 2
+        train_autoencoder(cfg)
 
 
 if __name__ == "__main__":
