@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import diffexp  # noqa: F401  (torchvision shim before lightning)
-from diffexp.cli.errors import user_errors
+from diffexp.cli.errors import enable_debug_tracebacks, user_errors
 from diffexp.config import CONFIG_DIR, print_config_tree, setup_environment
 
 setup_environment()
+enable_debug_tracebacks()
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
