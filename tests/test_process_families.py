@@ -101,7 +101,7 @@ def test_net_time_maps_the_range_onto_0_1000_and_inverts(name):
     assert bool((nt[1:] > nt[:-1]).all())  # monotone: the network can tell the noise levels apart
     assert float(nt[-1] - nt[0]) > 999
     torch.testing.assert_close(p.t_of_net_time(nt), t, rtol=1e-12, atol=1e-12)
-    assert p.net_time(t.float()).dtype == torch.float32
+    assert p.net_time(t.float()).dtype == torch.float32 and p.net_time(t.half()).dtype == torch.float32
 
 
 @pytest.mark.parametrize("name", FAMILIES)

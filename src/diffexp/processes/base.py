@@ -86,6 +86,11 @@ class Prediction:
         return getattr(self, name)
 
 
+def _time_dtype(out: Tensor, t) -> Tensor:
+    """``out`` (float64) as float64 when t is float64, else as float32."""
+    return out if torch.is_tensor(t) and t.dtype == torch.float64 else out.float()
+
+
 class Process:
     """Base class of the continuous-time families. Subclasses set ``t_min``, ``t_max`` (range of t for
     training), ``sample_t_min``/``sample_t_max`` (range the samplers integrate over; default the same),
@@ -164,9 +169,9 @@ class Process:
     def net_time(self, t: Tensor) -> Tensor:
         """What the network receives as its time input: 1000 t for the families with t ∈ [0, 1], so that
         the sinusoidal embeddings made for DDPM's indices 0..999 see the same range (score_sde feeds 999 t
-        to its DDPM-style networks). Floating t keeps its dtype."""
-        out = 1000.0 * self._t64(t)
-        return out.to(t.dtype) if torch.is_tensor(t) and t.is_floating_point() else out.float()
+        to its DDPM-style networks). Float64 t stays float64, anything else becomes float32 (half
+        precision would resolve 1000 t only to steps of 4)."""
+        return _time_dtype(1000.0 * self._t64(t), t)
 
     def t_of_net_time(self, net_t: Tensor) -> Tensor:
         """Inverse of :meth:`net_time` (float64); oracles posing as networks use it."""
