@@ -98,7 +98,7 @@ def child(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", choices=["mnist", "digits"], default="mnist")
-    p.add_argument("--root", default=str(HERE.parents[1] / "shared" / "data" / "mnist"))
+    p.add_argument("--root", default=None, help="MNIST folder (default: diffexp.data.find_mnist(), i.e. `make data`'s)")
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -107,6 +107,10 @@ def main() -> None:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--sampler", default="noise", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.root is None:
+        from diffexp.data.mnist import default_mnist_root
+
+        args.root = str(default_mnist_root())
     if args.child:
         print("RESULT " + json.dumps(child(args)))
         return

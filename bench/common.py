@@ -146,11 +146,10 @@ def compose(overrides: list[str] | None = None, config_name: str = "train", outp
 
 
 def mnist_root() -> Path | None:
-    """The MNIST folder: the repo's data/mnist (``make data``), else ../shared/data/mnist; None if neither."""
-    for d in (REPO / "data" / "mnist", REPO.parent / "shared" / "data" / "mnist"):
-        if (d / "mnist.pkl.gz").exists() or (d / "train-images-idx3-ubyte.gz").exists():
-            return d
-    return None
+    """The MNIST folder (``make data``'s data/mnist, or an offline copy): :func:`diffexp.data.find_mnist`."""
+    from diffexp.data.mnist import find_mnist
+
+    return find_mnist(repo=REPO)
 
 
 def set_threads(n: int | None) -> int:

@@ -14,6 +14,7 @@ import torch  # noqa: E402
 
 import diffexp  # noqa: E402,F401  (torchvision shim)
 from diffexp.config import setup_environment  # noqa: E402
+from diffexp.data.mnist import find_mnist  # noqa: E402
 
 setup_environment()
 # One thread: tests use tiny models, where a second thread costs more than it gives (and on a loaded
@@ -22,7 +23,18 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+# MNIST wherever the project's data step put it (diffexp.data.find_mnist: data/mnist from `make data`, or an
+# offline copy in ../shared/data/mnist); None when there is none (tests that need it skip).
+MNIST = find_mnist()
+
+
+@pytest.fixture(autouse=True)
+def _known_harmless_warnings_filtered():
+    """The run's warning filter (diffexp.logs) inside pytest's per-test warning capture."""
+    from diffexp.logs import filter_known_warnings
+
+    filter_known_warnings()
+    yield
 
 
 def free_port() -> int:

@@ -97,13 +97,13 @@ def test_link_mode_replaces_last_atomically(tmp_path, monkeypatch):
         is_global_zero = True
         strategy = type("S", (), {"barrier": staticmethod(lambda *a: None)})()
 
-    AtomicModelCheckpoint._link_checkpoint(_Trainer(), str(step), str(last))
+    AtomicModelCheckpoint.link_checkpoint(_Trainer(), str(step), str(last))
     assert last.is_symlink() and torch.load(last)["x"] == 1
     # A failure while making the new link (no symlinks, copy dies half-way) leaves the old last.ckpt.
     atomic_save({"x": 2}, step)
     old = tmp_path / "step0000005.ckpt"
     atomic_save({"x": 0}, old)
-    AtomicModelCheckpoint._link_checkpoint(_Trainer(), str(old), str(last))
+    AtomicModelCheckpoint.link_checkpoint(_Trainer(), str(old), str(last))
 
     def no_symlink(*a, **k):
         raise OSError("no symlinks here")
@@ -115,7 +115,7 @@ def test_link_mode_replaces_last_atomically(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "symlink", no_symlink)
     monkeypatch.setattr("shutil.copyfile", broken_copy)
     with pytest.raises(OSError, match="injected"):
-        AtomicModelCheckpoint._link_checkpoint(_Trainer(), str(step), str(last))
+        AtomicModelCheckpoint.link_checkpoint(_Trainer(), str(step), str(last))
     monkeypatch.undo()
     assert torch.load(last)["x"] == 0 and sorted(p.name for p in tmp_path.iterdir()) == [
         "last.ckpt", "step0000005.ckpt", "step0000010.ckpt"]
@@ -151,6 +151,19 @@ def test_incompatible_config_names_the_differing_keys(trained, tmp_path):
     # An extended run (other max_steps / lr) is compatible.
     ok = compose("train", TINY + ["trainer.max_steps=9", "optimizer.lr=1e-3"], tmp_path)
     assert config_mismatches(read_checkpoint(last)["diffexp"]["config"], OmegaConf.to_container(ok, resolve=True)) == []
+
+
+def test_the_resume_checkpoint_is_resolved_once_per_run(trained, tmp_path, monkeypatch, capsys):
+    """train() reads and checks the checkpoint once (it used to resolve it twice: loggers, then fit)."""
+    import diffexp.resume as resume
+
+    _, _, ckpts = trained
+    calls = []
+    real = resume.resolve_ckpt_path
+    monkeypatch.setattr(resume, "resolve_ckpt_path", lambda cfg: calls.append(1) or real(cfg))
+    metrics = train(compose("train", TINY + ["trainer.max_steps=5", f"ckpt_path={ckpts / 'last.ckpt'}"], tmp_path))
+    assert metrics["global_step"] == 5 and len(calls) == 1
+    assert capsys.readouterr().out.count("[diffexp] resuming from") == 1
 
 
 def test_auto_takes_the_newest_compatible_readable_checkpoint(trained, tmp_path):

@@ -30,10 +30,14 @@ from diffexp.data import (
     write_cifar_batch,
     write_idx,
 )
+from diffexp.data.mnist import MNIST_FILES, MNIST_IDX_FILES, find_mnist, mnist_candidates
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "mnist"
-needs_mnist = pytest.mark.skipif(not (SHARED / "mnist.pkl.gz").is_file(), reason="no offline MNIST copy")
+MNIST = find_mnist()  # make data's data/mnist, or an offline copy (see diffexp.data.mnist.mnist_candidates)
+# A copy with (some of) the idx files beside the pickle, for the reader tests (the train images are written by them).
+MNIST_IDX = find_mnist(MNIST_FILES + ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz"))
+needs_mnist = pytest.mark.skipif(MNIST is None, reason="no MNIST copy (make data)")
+needs_mnist_idx = pytest.mark.skipif(MNIST_IDX is None, reason="no MNIST copy with the idx files")
 
 
 def _fetch_module():
@@ -49,29 +53,29 @@ def _epoch_labels(loader, epoch=0):
 
 
 # --- MNIST: pickle vs idx ---------------------------------------------------------------------------
-@needs_mnist
+@needs_mnist_idx
 def test_idx_reader_matches_pkl_on_real_files():
-    pkl = load_mnist_pkl(SHARED / "mnist.pkl.gz")
-    x_idx = read_idx(SHARED / "t10k-images-idx3-ubyte.gz")
+    pkl = load_mnist_pkl(MNIST_IDX / "mnist.pkl.gz")
+    x_idx = read_idx(MNIST_IDX / "t10k-images-idx3-ubyte.gz")
     assert x_idx.dtype == np.uint8 and x_idx.shape == (10000, 28, 28)
     np.testing.assert_array_equal(x_idx, pkl["test"][0])
-    np.testing.assert_array_equal(read_idx(SHARED / "t10k-labels-idx1-ubyte.gz"), pkl["test"][1])
+    np.testing.assert_array_equal(read_idx(MNIST_IDX / "t10k-labels-idx1-ubyte.gz"), pkl["test"][1])
     # train+valid of the pickle, in order, is the original 60k training set
     train_labels = np.concatenate([pkl["train"][1], pkl["valid"][1]])
-    np.testing.assert_array_equal(read_idx(SHARED / "train-labels-idx1-ubyte.gz"), train_labels)
+    np.testing.assert_array_equal(read_idx(MNIST_IDX / "train-labels-idx1-ubyte.gz"), train_labels)
 
 
-@needs_mnist
+@needs_mnist_idx
 def test_mnist_module_same_from_pkl_and_idx(tmp_path):
     # torchvision layout: real t10k + train-labels files, train images written (uncompressed) from the pickle
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for f in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz"):
-        os.symlink(SHARED / f, raw / f)
-    pkl = load_mnist_pkl(SHARED / "mnist.pkl.gz")
+        os.symlink(MNIST_IDX / f, raw / f)
+    pkl = load_mnist_pkl(MNIST_IDX / "mnist.pkl.gz")
     write_idx(raw / "train-images-idx3-ubyte", np.concatenate([pkl["train"][0], pkl["valid"][0]]))
 
-    a = MNISTDataModule(root=str(SHARED), source="pkl")
+    a = MNISTDataModule(root=str(MNIST_IDX), source="pkl")
     b = MNISTDataModule(root=str(tmp_path), source="auto")  # no pickle there -> idx
     assert (a.data_shape, a.num_classes, a.data_range) == ((1, 28, 28), 10, (-1.0, 1.0))
     for split, n in (("train", 50000), ("val", 10000), ("test", 10000)):
@@ -86,16 +90,16 @@ def test_mnist_module_same_from_pkl_and_idx(tmp_path):
 
 @needs_mnist
 def test_mnist_image_size_subset_and_random_split():
-    dm = MNISTDataModule(root=str(SHARED), image_size=32, subset=100, val_subset=50, split_seed=1)
+    dm = MNISTDataModule(root=str(MNIST), image_size=32, subset=100, val_subset=50, split_seed=1)
     assert dm.data_shape == (1, 32, 32)
     x, y = dm.tensors("train")
     assert x.shape == (100, 1, 32, 32) and dm.tensors("val")[0].shape == (50, 1, 32, 32)
     assert (x[..., :2, :] == -1).all() and (x[..., :, -2:] == -1).all()  # padded with background
-    full = MNISTDataModule(root=str(SHARED), split_seed=1)
+    full = MNISTDataModule(root=str(MNIST), split_seed=1)
     assert torch.equal(x[..., 2:30, 2:30], full._raw("train")[0][:100].float() / 127.5 - 1)
     # a seeded split differs from the classic one but is still a partition of the 60k
-    classic = MNISTDataModule(root=str(SHARED))  # not loaded: cache_key needs no data
-    valid_labels = torch.from_numpy(load_mnist_pkl(SHARED / "mnist.pkl.gz")["valid"][1].copy())
+    classic = MNISTDataModule(root=str(MNIST))  # not loaded: cache_key needs no data
+    valid_labels = torch.from_numpy(load_mnist_pkl(MNIST / "mnist.pkl.gz")["valid"][1].copy())
     assert not torch.equal(full._raw("val")[1], valid_labels)
     assert len(full._raw("train")[0]) == 50000
     assert full.cache_key("train") != classic.cache_key("train") != dm.cache_key("train")
@@ -321,19 +325,19 @@ def test_data_configs_instantiate(tmp_path):
               "cifar10": (CIFAR10DataModule, (3, 32, 32)), "digits": (DigitsDataModule, (1, 8, 8)),
               "image_folder": (ImageFolderDataModule, (3, 64, 64)), "toy2d": (Toy2DDataModule, (2,))}
     for name, (cls, shape) in expect.items():
-        data_dir = SHARED.parent if name == "mnist" else tmp_path
+        data_dir = MNIST.parent if name == "mnist" else tmp_path
         cfg = OmegaConf.create({"seed": 5, "paths": {"data_dir": str(data_dir)},
                                 "data": OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml")})
         dm = instantiate(cfg.data)
         assert type(dm) is cls and dm.data_shape == shape and dm.seed == 5 and dm.batch_size == 64
         if name == "mnist":
-            assert dm.root == SHARED and dm.tensors("test")[0].shape == (10000, 1, 28, 28)
+            assert dm.root == MNIST and dm.tensors("test")[0].shape == (10000, 1, 28, 28)
 
 
 @needs_mnist
 def test_fetch_mnist_copies_from_shared_and_is_idempotent(tmp_path):
     fm = _fetch_module()
-    assert fm.fetch(tmp_path / "d", source=SHARED, allow_wheel=False) == "copied"
+    assert fm.fetch(tmp_path / "d", source=MNIST, allow_wheel=False) == "copied"
     assert fm.fetch(tmp_path / "d", source=None, allow_wheel=False) == "present"
     assert fm.is_valid(tmp_path / "d" / "mnist.pkl.gz") and os.listdir(tmp_path / "d") == ["mnist.pkl.gz"]
 
@@ -404,3 +408,43 @@ def test_real_ddp_each_rank_sees_its_own_shard(tmp_path):
         assert len(shard[0]) == len(shard[1]) == 20 and sorted(shard[0] + shard[1]) == list(range(40))
         orders.append(shard[0])
     assert orders[0] != orders[1]
+
+
+# --- where MNIST is found: one resolver for tests, benchmarks and the data module default -------------------------
+def test_find_mnist_prefers_the_projects_own_copy_and_works_in_a_bare_clone(tmp_path, monkeypatch):
+    repo, shared = tmp_path / "clone", tmp_path / "shared" / "data" / "mnist"
+    monkeypatch.delenv("DIFFEXP_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (repo / "conf").mkdir(parents=True)
+    assert find_mnist(repo=repo) is None  # a bare clone before `make data`: tests skip, nothing is guessed
+    (repo / "data" / "mnist").mkdir(parents=True)
+    (repo / "data" / "mnist" / "mnist.pkl.gz").write_bytes(b"x")  # what `make data` writes
+    assert find_mnist(repo=repo) == (repo / "data" / "mnist").absolute()  # a bare clone after `make data`
+    shared.mkdir(parents=True)
+    (shared / "mnist.pkl.gz").write_bytes(b"x")
+    for name in MNIST_IDX_FILES:
+        (shared / name).write_bytes(b"x")
+    assert find_mnist(repo=repo) == (repo / "data" / "mnist").absolute()  # the project's own copy first
+    assert find_mnist(MNIST_FILES + MNIST_IDX_FILES, repo=repo) == shared.absolute()  # only there are the idx files
+    (repo / "data" / "mnist" / "mnist.pkl.gz").unlink()
+    assert find_mnist(repo=repo) == shared.absolute()
+    custom = tmp_path / "elsewhere"
+    (custom / "mnist").mkdir(parents=True)
+    (custom / "mnist" / "mnist.pkl.gz").write_bytes(b"x")
+    monkeypatch.setenv("DIFFEXP_DATA", str(custom))
+    assert mnist_candidates(repo)[0] == (custom / "mnist").absolute() and find_mnist(repo=repo) == (custom / "mnist").absolute()
+
+
+def test_mnist_module_default_root_is_the_resolved_copy(tmp_path, monkeypatch):
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "mnist.pkl.gz").write_bytes(b"x")
+    monkeypatch.setenv("DIFFEXP_DATA", str(tmp_path))
+    assert MNISTDataModule().root == (tmp_path / "mnist").absolute()
+    import diffexp.data.mnist as mnist_module
+
+    nowhere = [tmp_path / "empty" / "mnist", tmp_path / "also-empty"]
+    monkeypatch.setattr(mnist_module, "mnist_candidates", lambda repo=None: nowhere)
+    dm = MNISTDataModule()  # no copy anywhere: the first candidate, which the not-found error names
+    assert dm.root == nowhere[0]
+    with pytest.raises(DatasetNotFoundError, match="empty/mnist"):
+        dm.tensors("test")

@@ -60,7 +60,7 @@ def test_devices_greater_than_one_selects_ddp_with_the_script_launcher():
     trainer = L.Trainer(accelerator="cpu", devices=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     assert type(trainer.strategy) is DDPStrategy
     assert isinstance(trainer.strategy.launcher, pl_launcher._SubprocessScriptLauncher)
-    assert pl_launcher._hydra_subprocess_cmd is launch._hydra_subprocess_cmd
+    assert pl_launcher._hydra_subprocess_cmd is launch.ddp_child_command
 
 
 def _hydra_cfg(task, hydra_overrides, output_dir="/logs/train/multiruns/2026-01-01_00-00-00/1"):

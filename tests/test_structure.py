@@ -75,7 +75,70 @@ def test_project_license_is_an_spdx_string():
 
 def test_no_source_file_names_a_machine_specific_path():
     pattern = ("/work/", "/home/", "/Users/", "/tmp/pytest")
-    files = [*SRC.rglob("*.py"), REPO / "docs" / "CONTRACTS.md", REPO / "bench" / "results" / "summary.md",
-             *(REPO / "bench").glob("*.py"), *(REPO / "conf").rglob("*.yaml")]
+    files = [*SRC.rglob("*.py"), *(REPO / "docs").glob("*.md"), REPO / "README.md", REPO / "Makefile",
+             *(REPO / "bench").glob("*.py"), *(REPO / "bench" / "results").glob("*"), *(REPO / "conf").rglob("*.yaml"),
+             *(REPO / "scripts").glob("*.py"), *(REPO / "notebooks").glob("*.ipynb")]
     bad = [f"{p.relative_to(REPO)}: {s}" for p in files if p.is_file() for s in pattern if s in p.read_text()]
     assert not bad, bad
+
+
+def _private_accesses() -> list[str]:
+    """``obj._name`` reads/writes (and ``getattr(obj, "_name")``) of private attributes that diffexp does not
+    define itself (on ``self``/``cls``, or as a function or class), outside diffexp/_internals.py."""
+    trees = _modules()
+    own = set()
+    for tree in trees.values():
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store) and isinstance(n.value, ast.Name) \
+                    and n.value.id in ("self", "cls"):
+                own.add(n.attr)
+            elif isinstance(n, (ast.FunctionDef, ast.ClassDef)):
+                own.add(n.name)
+    bad = []
+    for path, tree in trees.items():
+        if path == "_internals.py":
+            continue
+        for n in ast.walk(tree):
+            name = None
+            if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__"):
+                v = n.value
+                if not (isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "super"):
+                    name = n.attr  # super()._hook(...) inside an override is fine
+            elif isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("getattr", "setattr", "hasattr") \
+                    and len(n.args) > 1 and isinstance(n.args[1], ast.Constant) and isinstance(n.args[1].value, str):
+                name = n.args[1].value if n.args[1].value.startswith("_") and not n.args[1].value.startswith("__") else None
+            if name and name not in own:
+                bad.append(f"{path}:{n.lineno}: {ast.unparse(n)[:60]}")
+    return bad
+
+
+def test_private_attributes_of_other_libraries_are_touched_only_in_internals():
+    bad = _private_accesses()
+    assert not bad, "use (or extend) diffexp._internals instead:\n" + "\n".join(bad)
+
+
+def test_the_private_attributes_diffexp_relies_on_exist_in_the_installed_versions():
+    from diffexp._internals import check
+
+    assert check() == []
+
+
+def test_contracts_names_only_what_exists():
+    """docs/CONTRACTS.md stays current: every ``diffexp.x.y`` it names imports / exists."""
+    import importlib
+    import re
+
+    missing = []
+    for name in sorted(set(re.findall(r"diffexp(?:\.[A-Za-z_]\w*)+", (REPO / "docs" / "CONTRACTS.md").read_text()))):
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            for attr in parts[i:]:
+                obj = getattr(obj, attr, None)
+            break
+        if obj is None:
+            missing.append(name)
+    assert not missing, missing

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import SHARED_MNIST, compose
+from conftest import MNIST, compose
 from diffexp.cli.train import train
 
 QUIET = ["logger=none", "callbacks=none", "print_config=false", "trainer.enable_progress_bar=false",
@@ -103,10 +103,10 @@ def test_image_size_the_model_cannot_take(overrides, needle, tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-@pytest.mark.skipif(not (SHARED_MNIST / "mnist.pkl.gz").is_file(), reason="needs ../shared/data/mnist")
+@pytest.mark.skipif(MNIST is None, reason="no MNIST copy (make data)")
 def test_default_mnist_config_trains_a_step(tmp_path):
     """The default experiment's exact config (MNIST, default UNet) runs: two steps on real data."""
-    cfg = compose("train", [f"paths.data_dir={SHARED_MNIST.parent}", "trainer.max_steps=2", "trainer.val_check_interval=2",
+    cfg = compose("train", [f"paths.data_dir={MNIST.parent}", "trainer.max_steps=2", "trainer.val_check_interval=2",
                             "trainer.limit_val_batches=1"] + QUIET, tmp_path)
     metrics = train(cfg)
     assert metrics["global_step"] == 2 and math.isfinite(metrics["val/loss"])

@@ -36,6 +36,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from diffexp._internals import CheckpointCallbackBase, mark_saved
 from diffexp.atomic import atomic_link, atomic_torch_save, clean_partial_files
 from diffexp.errors import UserError
 
@@ -167,7 +168,7 @@ def config_mismatches(stored: dict, current: dict, keys: tuple[str, ...] = COMPA
 
 
 # ---- callbacks -----------------------------------------------------------------------------------------
-class AtomicModelCheckpoint(ModelCheckpoint):
+class AtomicModelCheckpoint(CheckpointCallbackBase):
     """``ModelCheckpoint`` whose ``last.ckpt`` is replaced atomically and always holds the final step;
     at setup, the temporary files that a killed save left in its folder are removed."""
 
@@ -178,7 +179,7 @@ class AtomicModelCheckpoint(ModelCheckpoint):
                 rank_zero_info(f"[diffexp] removed {p.name}, left in {p.parent} by an interrupted save")
 
     @staticmethod
-    def _link_checkpoint(trainer, filepath: str, linkpath: str) -> None:
+    def link_checkpoint(trainer, filepath: str, linkpath: str) -> None:
         if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
             atomic_link(filepath, linkpath)
         trainer.strategy.barrier()
@@ -189,11 +190,11 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         # max_steps continues the epoch's data order (at on_train_end Lightning has already closed the epoch).
         max_steps = trainer.max_steps
         if self.save_last and max_steps is not None and 0 < max_steps <= trainer.global_step \
-                and not self._should_skip_saving_checkpoint(trainer):
+                and not self.should_skip_saving(trainer):
             self._save_final(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # e.g. runs that end by epochs
+        if self.save_last and not self.should_skip_saving(trainer):  # e.g. runs that end by epochs
             self._save_final(trainer)
         super().on_train_end(trainer, pl_module)
 
@@ -201,14 +202,14 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         if self.save_last == "link":  # no step file holds this step: a link would point to an older one
             self.save_last_now(trainer)
         else:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self.save_last_checkpoint(trainer)
 
     def save_last_now(self, trainer) -> str:
         """Write ``last.ckpt`` with the current state (a full save, also in ``save_last='link'`` mode)."""
-        candidates = self._monitor_candidates(trainer)
+        candidates = self.monitor_candidates(trainer)
         path = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST)
         self.last_model_path = path  # part of the saved state, as in ModelCheckpoint._save_last_checkpoint
-        self._save_checkpoint(trainer, path)
+        self.save_checkpoint_file(trainer, path)
         return path
 
 
@@ -302,7 +303,7 @@ class SignalCheckpoint(Callback):
             path = os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")
         trainer.save_checkpoint(path)
         if isinstance(cb, ModelCheckpoint):
-            cb._last_global_step_saved = trainer.global_step
+            mark_saved(cb, trainer.global_step)
         return path
 
     def on_train_end(self, trainer, pl_module) -> None:

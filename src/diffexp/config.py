@@ -58,8 +58,13 @@ def register_resolvers() -> None:
 
 
 def setup_environment() -> None:
+    """What every entry point (and every DDP rank) does first: the repository root for configs, the config
+    resolvers, and the filter of known-harmless warnings (diffexp.logs)."""
+    from diffexp.logs import filter_known_warnings
+
     os.environ.setdefault("DIFFEXP_ROOT", str(repo_root()))
     register_resolvers()
+    filter_known_warnings()
 
 
 def print_config_tree(cfg: DictConfig, order=("data", "model", "schedule", "objective", "sampler", "optimizer", "lr_scheduler", "trainer", "callbacks", "logger", "paths")) -> None:

@@ -18,6 +18,7 @@ import copy
 import torch
 from torch import nn
 
+from diffexp._internals import foreach_lerp_
 from diffexp.phema import power_beta, sigma_rel_to_gamma
 
 
@@ -42,7 +43,7 @@ class EMA(nn.Module):
         beta = self.current_decay()
         ema_params = list(self.net.parameters())
         params = [p.detach().float() for p in net.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+        foreach_lerp_(ema_params, params, 1.0 - beta)
         for b_ema, b in zip(self.net.buffers(), net.buffers()):
             b_ema.copy_(b)
         self.num_updates += 1
@@ -88,7 +89,7 @@ class PowerEMA(nn.Module):
         n = int(self.num_updates) + 1
         params = [p.detach().to(self.dtype) for p in net.parameters()]
         for gamma, ema in zip(self.gammas, self.nets):
-            torch._foreach_lerp_(list(ema.parameters()), params, 1.0 - power_beta(gamma, n))
+            foreach_lerp_(list(ema.parameters()), params, 1.0 - power_beta(gamma, n))
             for b_ema, b in zip(ema.buffers(), net.buffers()):
                 b_ema.copy_(b)
         self.num_updates += 1

@@ -115,22 +115,11 @@ def ddp_child_command(local_rank: int, hydra_cfg: Any = None, entry_module: str 
     return command, hydra_cfg.runtime.cwd
 
 
-def _hydra_subprocess_cmd(local_rank: int) -> tuple[list[str], str]:
-    return ddp_child_command(local_rank)
-
-
 def install_ddp_launcher() -> None:
     """Make Lightning's script launcher start DDP ranks with :func:`ddp_child_command` (idempotent)."""
-    import lightning.fabric.strategies.launchers.subprocess_script as fabric_launcher
-    import lightning.pytorch.strategies.launchers.subprocess_script as pl_launcher
+    from diffexp._internals import install_ddp_child_command
 
-    for module in (pl_launcher, fabric_launcher):
-        if not hasattr(module, "_hydra_subprocess_cmd"):
-            raise RuntimeError(
-                f"{module.__name__} has no _hydra_subprocess_cmd: this Lightning version builds DDP child "
-                "commands differently; update diffexp.launch.install_ddp_launcher"
-            )
-        module._hydra_subprocess_cmd = _hydra_subprocess_cmd
+    install_ddp_child_command(ddp_child_command)
 
 
 @contextmanager
@@ -260,19 +249,22 @@ def setup_loggers(cfg, loggers: list, ckpt_path: str | os.PathLike | None = None
         return []
     from omegaconf import OmegaConf
 
+    from diffexp._internals import wandb_init_kwargs, wandb_set_id, wandb_set_name
+
     config = OmegaConf.to_container(cfg, resolve=True)
     run_id = wandb_id_from_checkpoint(ckpt_path)
     for logger in wandb_loggers:
-        init = logger._wandb_init
+        init = wandb_init_kwargs(logger)
         init.setdefault("config", config)
         if not init.get("name"):
-            init["name"] = logger._name = run_name(cfg)
+            init["name"] = run_name(cfg)
+            wandb_set_name(logger, init["name"])
         if not init.get("group"):
             init["group"] = run_group(cfg)
         init["tags"] = run_tags(cfg, init.get("tags"))
         if run_id and not init.get("id"):
             init.update(id=run_id, resume="allow")
-            logger._id = run_id
+            wandb_set_id(logger, run_id)
     return [WandbRunIdCallback()]
 
 
@@ -286,13 +278,15 @@ class WandbRunIdCallback(_wandb_run_id_callback_base()):
     """Stores the W&B run id (and project/entity) in every checkpoint: ``checkpoint["wandb"]``."""
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        from diffexp._internals import wandb_project, wandb_run_id
+
         for logger in _wandb_loggers(trainer.loggers):
             run = logger.experiment if trainer.is_global_zero else None
-            run_id = getattr(run, "id", None) or logger._id
+            run_id = getattr(run, "id", None) or wandb_run_id(logger)
             if isinstance(run_id, str):
                 checkpoint[WANDB_CKPT_KEY] = {
                     "id": run_id,
-                    "project": getattr(run, "project", None) or logger._project,
+                    "project": getattr(run, "project", None) or wandb_project(logger),
                     "entity": getattr(run, "entity", None),
                 }
                 return
@@ -307,11 +301,13 @@ def finish_loggers(loggers: list, is_global_zero: bool) -> None:
         return
     import wandb
 
+    from diffexp._internals import wandb_offline, wandb_run_if_started
+
     run_dirs = []
     for logger in wandb_loggers:
-        run = logger._experiment
+        run = wandb_run_if_started(logger)
         if run is not None and isinstance(getattr(run, "dir", None), str):
-            run_dirs.append((Path(run.dir).parent, bool(logger._offline or getattr(run, "offline", False))))
+            run_dirs.append((Path(run.dir).parent, wandb_offline(logger) or bool(getattr(run, "offline", False))))
     wandb.finish()
     for run_dir, offline in run_dirs:
         if offline:

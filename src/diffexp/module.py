@@ -26,6 +26,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from diffexp._internals import attached_trainer, logs_this_step
 from diffexp.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEY, CheckpointError, config_mismatches
 from diffexp.denoiser import Denoiser
 from diffexp.ema import EMA, PowerEMA
@@ -169,9 +170,7 @@ class DiffusionModule(L.LightningModule):
     def _logging_step(self) -> bool:
         """Whether this training step's logged values are written to the loggers (Lightning writes on-step
         values every ``log_every_n_steps``)."""
-        trainer = self._trainer
-        connector = getattr(trainer, "_logger_connector", None) if trainer is not None else None
-        return bool(getattr(connector, "should_update_logs", True))
+        return logs_this_step(attached_trainer(self))
 
     # ---- Lightning hooks ------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -205,7 +204,7 @@ class DiffusionModule(L.LightningModule):
         return out.loss
 
     def _world_size(self) -> int:
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         return int(trainer.world_size) if trainer is not None else 1
 
     def _objective_state(self) -> dict | None:
@@ -214,7 +213,7 @@ class DiffusionModule(L.LightningModule):
 
     def _nonfinite_message(self, what: str) -> str:
         last = None
-        cb = getattr(self._trainer, "checkpoint_callback", None) if self._trainer is not None else None
+        cb = getattr(attached_trainer(self), "checkpoint_callback", None)
         if cb is not None:
             last = getattr(cb, "last_model_path", None) or getattr(cb, "best_model_path", None)
         kept = f"the last good checkpoint is kept: {last}" if last else "no checkpoint was written after it"
@@ -227,7 +226,7 @@ class DiffusionModule(L.LightningModule):
                 "module.nonfinite=skip to skip such steps.")
 
     def _loss_scaler(self):
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         return getattr(getattr(trainer, "precision_plugin", None), "scaler", None) if trainer is not None else None
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -302,8 +301,8 @@ class DiffusionModule(L.LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer=optimizer)
-        if hasattr(scheduler, "bind_trainer") and self._trainer is not None:
-            scheduler.bind_trainer(self._trainer)  # time-keyed schedules read the Trainer's clock (diffexp.lr_schedules)
+        if hasattr(scheduler, "bind_trainer") and attached_trainer(self) is not None:
+            scheduler.bind_trainer(attached_trainer(self))  # time-keyed schedules read the Trainer's clock (diffexp.lr_schedules)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

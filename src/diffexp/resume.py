@@ -29,6 +29,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from diffexp._internals import override_index_sampler
+
 
 class _SkipFirst:
     """An index sampler whose iteration starts ``loader._skipping`` items in (read when iterated)."""
@@ -77,11 +79,6 @@ class ResumableDataLoader(DataLoader):
         self._pending_skip = 0  # set by load_state_dict, consumed by the next __iter__
         self._skipping = 0  # non-zero only while __iter__ builds the iterator
 
-    @property
-    def _index_sampler(self):
-        base = super()._index_sampler
-        return _SkipFirst(base, self) if self._skipping else base
-
     def __iter__(self):
         self._skipping, self._pending_skip = self._pending_skip, 0
         try:
@@ -112,6 +109,11 @@ class ResumableDataLoader(DataLoader):
         if n and hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)  # Lightning sets it too, but only after it has called iter()
         self._pending_skip = n
+
+
+# While ``__iter__`` builds an iterator (``_skipping`` > 0 only then), its index sampler starts after the
+# consumed batches: their indices are skipped without loading their data.
+override_index_sampler(ResumableDataLoader, lambda loader, base: _SkipFirst(base, loader) if loader._skipping else base)
 
 
 # ---- ckpt_path=auto -------------------------------------------------------------------------------
@@ -152,7 +154,9 @@ def _say(message: str) -> None:
     import os
 
     if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0:
-        print(message, flush=True)
+        from diffexp.logs import say
+
+        say(message)
 
 
 def resolve_ckpt_path(cfg) -> str | None:

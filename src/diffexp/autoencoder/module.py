@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from diffexp._internals import attached_trainer
 from diffexp.autoencoder.networks import KLAutoencoder
 from diffexp.rng import make_generator
 
@@ -116,7 +117,7 @@ class AutoencoderModule(L.LightningModule):
 
     def scale_examples(self) -> Tensor | None:
         """The first ``scale_examples`` images of the val split (else train): the data the scale is estimated on."""
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        dm = getattr(attached_trainer(self), "datamodule", None)
         if dm is None or not hasattr(dm, "tensors"):
             return None
         if self._scale_x is None:

@@ -57,6 +57,7 @@ from diffexp.atomic import atomic_write_json  # noqa: E402
 from diffexp.cli.checks import check_against_checkpoint, check_evaluate_config, check_nll_against_checkpoint  # noqa: E402
 from diffexp.interop.pretrained import load_model  # noqa: E402
 from diffexp.latent import image_range, image_shape, label_latent_nll, nll_datamodule, to_images  # noqa: E402
+from diffexp.logs import route_to_run_log, say  # noqa: E402
 from diffexp.metrics import compute_metrics  # noqa: E402
 from diffexp.metrics.nll import evaluate_nll, nll_examples, nll_keys, write_per_t_csv  # noqa: E402
 from diffexp.metrics.provenance import (  # noqa: E402
@@ -170,7 +171,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(out_dir / RECORD, jsonable(record))
     shown = ", ".join(f"{k}={v:.5g}" for k, v in record["values"].items())
-    print(f"[evaluate] {record.get('sampler', 'nll')} ({record.get('nfe', '-')} NFE, {weights}) step "
+    say(f"[evaluate] {record.get('sampler', 'nll')} ({record.get('nfe', '-')} NFE, {weights}) step "
           f"{info['global_step']}: {shown}  ({record['seconds']:.1f} s) -> {out_dir / RECORD}")
     # Keep the sweep's summary current after every job (SummaryCallback rewrites it once more at the end,
     # and jobs of a failed sweep still get one); a single run summarises its own directory.
@@ -247,6 +248,7 @@ class SummaryCallback(Callback):
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    route_to_run_log()  # messages also go to the job's evaluate.log
     with user_errors("evaluate"):  # a mistake in the config, checkpoint or data: one message, exit status 2
         record = evaluate(cfg)
     value = record["values"].get(cfg.get("optimized_metric") or "")

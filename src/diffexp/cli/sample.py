@@ -6,7 +6,6 @@ and ``record.json`` saying what produced them.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -23,10 +22,12 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from diffexp.atomic import atomic_write_json  # noqa: E402
 from diffexp.cli.checks import check_against_checkpoint, check_sample_config  # noqa: E402
 from diffexp.images import samples_to_image, save_png, to_uint8  # noqa: E402
 from diffexp.interop.pretrained import load_model  # noqa: E402
 from diffexp.latent import image_range, to_images  # noqa: E402
+from diffexp.logs import route_to_run_log, say  # noqa: E402
 from diffexp.posthoc_ema import weights_label  # noqa: E402
 
 
@@ -98,13 +99,14 @@ def sample(cfg: DictConfig) -> dict:
         "samples": str(out_dir / "samples.npz"),
         "grid": str(out_dir / "grid.png"),
     }
-    (out_dir / "record.json").write_text(json.dumps(record, indent=2))
-    print(f"{cfg.num_samples} samples ({sampler.name}, {nfe} NFE, {record['weights']} weights) in {elapsed:.1f} s -> {out_dir}")
+    atomic_write_json(out_dir / "record.json", record)
+    say(f"{cfg.num_samples} samples ({sampler.name}, {nfe} NFE, {record['weights']} weights) in {elapsed:.1f} s -> {out_dir}")
     return record
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")
 def main(cfg: DictConfig) -> None:
+    route_to_run_log()  # messages also go to the job's sample.log
     with user_errors("sample"):  # a mistake in the config, checkpoint or data: one message, exit status 2
         sample(cfg)
 

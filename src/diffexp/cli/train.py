@@ -12,6 +12,7 @@ import diffexp  # noqa: F401  (torchvision shim before lightning)
 from diffexp.cli.errors import enable_debug_tracebacks, user_errors
 from diffexp.config import CONFIG_DIR, print_config_tree, setup_environment
 from diffexp.launch import ddp_job, finish_loggers, prepare_launch, setup_loggers
+from diffexp.logs import route_to_run_log, say, to_log_file
 
 setup_environment()
 enable_debug_tracebacks()
@@ -21,6 +22,7 @@ import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from diffexp._internals import config_key  # noqa: E402
 from diffexp.build import build_module, data_info  # noqa: E402
 from diffexp.validation import ConfigError, apply_global_batch, instantiate_checked, planned_world_size  # noqa: E402
 
@@ -29,7 +31,7 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every `_target_` entry of a dict-of-configs group (callbacks, loggers)."""
     if not cfg:
         return []
-    return [instantiate_checked(node, f"{cfg._key()}.{name}") for name, node in cfg.items()
+    return [instantiate_checked(node, f"{config_key(cfg)}.{name}") for name, node in cfg.items()
             if isinstance(node, DictConfig) and "_target_" in node]
 
 
@@ -63,10 +65,9 @@ def _exit_after_signal(signum: int | None, callbacks, trainer) -> None:
 
     path = next((cb.saved_path for cb in callbacks if getattr(cb, "saved_path", None)), None)
     if trainer.is_global_zero:
-        print(f"[diffexp] stopped by {signal.Signals(signum).name} at step {trainer.global_step}; resumable checkpoint: "
-              f"{path}\n[diffexp] skipped the end-of-run sample grids, metrics and validation (a preempted job's grace "
-              f"period is short)\n[diffexp] resume with the same command plus ckpt_path=auto (or ckpt_path={path})",
-              flush=True)
+        say(f"[diffexp] stopped by {signal.Signals(signum).name} at step {trainer.global_step}; resumable checkpoint: "
+            f"{path}\n[diffexp] skipped the end-of-run sample grids, metrics and validation (a preempted job's grace "
+            f"period is short)\n[diffexp] resume with the same command plus ckpt_path=auto (or ckpt_path={path})")
     sys.exit(128 + signum)
 
 
@@ -96,12 +97,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate_checked(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     batch_line = apply_global_batch(cfg, trainer)  # derives accumulation from global_batch_size when set
     if trainer.is_global_zero:
-        print(batch_line)
+        say(batch_line)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        to_log_file("resolved config:\n" + OmegaConf.to_yaml(cfg, resolve=True))
     start = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     elapsed = time.time() - start
@@ -130,8 +132,8 @@ def _validate_if_missing(cfg: DictConfig, trainer, module, datamodule, metrics: 
     if not wanted or wanted in metrics or not str(wanted).startswith("val/") or not trainer.limit_val_batches:
         return {}
     if trainer.is_global_zero:
-        print(f"[diffexp] optimized_metric={wanted} was not computed during training (no validation ran before "
-              f"step {trainer.global_step}); validating once now", flush=True)
+        say(f"[diffexp] optimized_metric={wanted} was not computed during training (no validation ran before "
+            f"step {trainer.global_step}); validating once now")
     trainer.validate(module, datamodule=datamodule, verbose=False)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and k.startswith("val/")}
 
@@ -139,20 +141,21 @@ def _validate_if_missing(cfg: DictConfig, trainer, module, datamodule, metrics: 
 def _print_summary(out_dir: Path, callbacks, metrics: dict[str, float]) -> None:
     samples = [p for cb in callbacks for p in getattr(cb, "last_paths", [])]
     ckpts = sorted((out_dir / "checkpoints").glob("*.ckpt")) if (out_dir / "checkpoints").is_dir() else []
-    print("\n" + "=" * 72)
-    print(f"run directory : {out_dir}")
+    say("\n" + "=" * 72)
+    say(f"run directory : {out_dir}")
     for p in samples:
-        print(f"samples       : {p}")
+        say(f"samples       : {p}")
     if ckpts:
-        print(f"checkpoints   : {out_dir / 'checkpoints'} ({', '.join(p.name for p in ckpts[-3:])})")
-    print(f"metrics       : {out_dir / 'metrics.json'}")
+        say(f"checkpoints   : {out_dir / 'checkpoints'} ({', '.join(p.name for p in ckpts[-3:])})")
+    say(f"metrics       : {out_dir / 'metrics.json'}")
     shown = {k: round(v, 5) for k, v in metrics.items() if k.startswith(("val/", "train/loss"))}
-    print(f"final metrics : {shown}  ({metrics['train_seconds']:.0f} s, {metrics['global_step']} steps)")
-    print("=" * 72)
+    say(f"final metrics : {shown}  ({metrics['train_seconds']:.0f} s, {metrics['global_step']} steps)")
+    say("=" * 72)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    route_to_run_log()  # Lightning's messages and ours also go to the run's train.log
     # A mistake in the config or data: one message naming the key or file, exit status 2 (DIFFEXP_DEBUG=1: traceback).
     with user_errors("train"), ddp_job():  # a sequential sweep's next job launches its own DDP ranks
         metrics = train(cfg)

@@ -8,7 +8,7 @@ from diffexp.data.base import ArrayDataset, BaseDataModule, EpochSampler, resize
 from diffexp.data.cifar10 import CIFAR10DataModule
 from diffexp.data.digits import DigitsDataModule
 from diffexp.data.image_folder import ImageFolderDataModule
-from diffexp.data.mnist import FashionMNISTDataModule, MNISTDataModule
+from diffexp.data.mnist import FashionMNISTDataModule, MNISTDataModule, find_mnist
 from diffexp.data.readers import (
     DatasetNotFoundError,
     load_mnist_pkl,
@@ -22,5 +22,5 @@ from diffexp.data.toy2d import Toy2DDataModule
 __all__ = [
     "ArrayDataset", "BaseDataModule", "CIFAR10DataModule", "DatasetNotFoundError", "DigitsDataModule",
     "EpochSampler", "FashionMNISTDataModule", "ImageFolderDataModule", "MNISTDataModule", "Toy2DDataModule",
-    "load_mnist_pkl", "read_cifar_batch", "read_idx", "resize_images", "split_off", "write_cifar_batch", "write_idx",
+    "find_mnist", "load_mnist_pkl", "read_cifar_batch", "read_idx", "resize_images", "split_off", "write_cifar_batch", "write_idx",
 ]

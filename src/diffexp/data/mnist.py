@@ -9,6 +9,7 @@ Sources, in order: ``<root>/mnist.pkl.gz`` (the classic pickle; its train+valid 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,38 @@ def load_idx_splits(dirs: list[Path]) -> dict[str, tuple[np.ndarray, np.ndarray]
     return out
 
 
+MNIST_FILES = ("mnist.pkl.gz",)  # what `make data` provides
+MNIST_IDX_FILES = tuple(n + ".gz" for names in IDX_FILES.values() for n in names)
+
+
+def mnist_candidates(repo: Path | None = None) -> list[Path]:
+    """Where an MNIST copy is looked for, in order: ``$DIFFEXP_DATA/mnist``, ``<repo>/data/mnist`` (what
+    ``make data`` writes), ``./data/mnist``, and ``<repo>/../shared/data/mnist`` (an offline copy next to
+    the checkout, where one exists). ``repo`` defaults to this checkout."""
+    repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[3]
+    out = [Path(os.environ["DIFFEXP_DATA"]) / "mnist"] if os.environ.get("DIFFEXP_DATA") else []
+    out += [repo / "data" / "mnist", Path.cwd() / "data" / "mnist", repo.parent / "shared" / "data" / "mnist"]
+    return list(dict.fromkeys(p.absolute() for p in out))
+
+
+def find_mnist(files: tuple[str, ...] = MNIST_FILES, repo: Path | None = None) -> Path | None:
+    """The first of :func:`mnist_candidates` that holds all of ``files`` (default: the pickle that
+    ``make data`` provides), or None. The one place tests, benchmarks and the data module look for MNIST."""
+    return next((d for d in mnist_candidates(repo) if all((d / f).is_file() for f in files)), None)
+
+
+def default_mnist_root() -> Path:
+    """:func:`find_mnist` (pickle or idx files), else the first candidate (``$DIFFEXP_DATA/mnist`` or
+    ``<repo>/data/mnist``: where ``make data`` puts it, so that the not-found error names it)."""
+    return find_mnist() or find_mnist(MNIST_IDX_FILES) or mnist_candidates()[0]
+
+
 class MNISTDataModule(BaseDataModule):
     """MNIST digits as float32 in [-1, 1], shape (1, image_size, image_size), labels 0..9.
 
     Args:
-        root: folder holding ``mnist.pkl.gz`` or the idx files (fetch with ``make data``).
+        root: folder holding ``mnist.pkl.gz`` or the idx files (fetch with ``make data``); None:
+            :func:`default_mnist_root` (the conf/data/mnist.yaml default is ``${paths.data_dir}/mnist``).
         image_size: 28 (native); larger pads with background (e.g. 32), smaller resizes (see ``resize_mode``).
         resize_mode: 'pad' or 'resize' (antialiased bilinear), see :func:`~diffexp.data.base.resize_images`.
         val_size: validation examples taken from the 60k training set (int, or fraction).
@@ -58,7 +86,7 @@ class MNISTDataModule(BaseDataModule):
 
     def __init__(
         self,
-        root: str = "data/mnist",
+        root: str | None = None,
         image_size: int = 28,
         resize_mode: str = "pad",
         val_size: int | float = 10000,
@@ -69,7 +97,8 @@ class MNISTDataModule(BaseDataModule):
         super().__init__(**kwargs)
         if source not in ("auto", "pkl", "idx"):
             raise ValueError(f"source must be auto|pkl|idx, got {source!r}")
-        self.root, self.image_size, self.resize_mode = Path(root), int(image_size), resize_mode
+        self.root = Path(root) if root is not None else default_mnist_root()
+        self.image_size, self.resize_mode = int(image_size), resize_mode
         self.val_size, self.split_seed, self.source = val_size, split_seed, source
         self.data_shape = (1, self.image_size, self.image_size)
 
