@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from conftest import SHARED_MNIST, compose
+from conftest import MNIST as MNIST_ROOT
+from conftest import compose
 from diffexp.autoencoder import DiagonalGaussian, KLAutoencoder, estimate_scale_factor, load_autoencoder
 from diffexp.autoencoder.module import reconstruction_loss
 from diffexp.checkpoint import CheckpointError
@@ -16,7 +17,7 @@ from diffexp.checkpoint import CheckpointError
 TINY = dict(embed_dim=3, ch=8, ch_mult=(1, 1, 1), groups=4, attention=True)
 TINY_AE = ["autoencoder=kl_f4_small"]
 QUIET = ["print_config=false", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-MNIST_SMALL = [f"data.root={SHARED_MNIST}", "data.subset=128", "data.val_subset=64", "data.batch_size=16",
+MNIST_SMALL = [f"data.root={MNIST_ROOT}", "data.subset=128", "data.val_subset=64", "data.batch_size=16",
                "extractor=random"]
 FEW = ["trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
        "callbacks.model_checkpoint.every_n_train_steps=3", "callbacks.reconstruction.every_n_steps=0",

@@ -10,12 +10,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import SHARED_MNIST, compose
+from conftest import MNIST as MNIST_ROOT
+from conftest import compose
 from diffexp.autoencoder import KLAutoencoder, autoencoder_hash
 from diffexp.checkpoint import CheckpointError, config_mismatches
 from diffexp.latent import LatentDataModule, image_range, image_shape, is_latent, to_images
 
-MNIST = [f"data.root={SHARED_MNIST}", "data.subset=96", "data.val_subset=32", "data.batch_size=16"]
+MNIST = [f"data.root={MNIST_ROOT}", "data.subset=96", "data.val_subset=32", "data.batch_size=16"]
 TINY_AE = dict(in_channels=1, image_size=28, embed_dim=2, ch=8, ch_mult=(1, 1, 1), groups=4, attention=False)
 TINY_LATENT_UNET = ["model.base_channels=8", "model.num_res_blocks=1", "model.attention_resolutions=[]",
                     "model.num_groups=4"]
