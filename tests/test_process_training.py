@@ -80,3 +80,29 @@ def test_loss_quarters_follow_the_family_time_range():
                        (EDMProcess(), [0.002, 0.028, 0.029, 0.5, 79.0, 80.0])):
         module = DiffusionModule(net, None, SimpleObjective(), process=process, data_shape=(2,), data_range=None)
         assert module._quarter(torch.tensor(t, dtype=torch.float64)).tolist() == [0, 0, 1, 2, 3, 3]
+
+
+def test_validation_times_are_uniform_in_network_time():
+    """The pinned validation t of a continuous family is uniform in network time over [t_min, t_max]: on edm
+    log σ is uniform on [log 0.002, log 80] (mean of log σ within 6 SE of the midpoint, n = 4000)."""
+    from diffexp.models import MLP
+    from diffexp.module import DiffusionModule
+    from diffexp.objectives import SimpleObjective
+    from diffexp.process import EDMProcess
+
+    seen = []
+
+    class Spy(SimpleObjective):
+        def validation_loss(self, net_fn, x0, process, prediction, t, noise, y=None):
+            seen.append(t)
+            return super().validation_loss(net_fn, x0, process, prediction, t, noise, y)
+
+    net = MLP(in_channels=2, hidden_dim=8, num_blocks=1, time_embed_dim=8)
+    module = DiffusionModule(net, None, Spy(), process=EDMProcess(), data_shape=(2,), data_range=None, ema_decay=0)
+    module.log = lambda *a, **k: None
+    module._eval_step((torch.zeros(4000, 2), torch.zeros(4000)), 0, "val")
+    log_sigma = torch.log(seen[0])
+    lo, hi = math.log(0.002), math.log(80)
+    assert float(log_sigma.min()) >= lo - 1e-9 and float(log_sigma.max()) <= hi + 1e-9
+    se = (hi - lo) / math.sqrt(12 * 4000)
+    assert abs(float(log_sigma.mean()) - (lo + hi) / 2) < 6 * se

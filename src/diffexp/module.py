@@ -279,9 +279,11 @@ class DiffusionModule(L.LightningModule):
         p = self.process
         if p.is_discrete:
             t = torch.randint(0, p.num_timesteps, (x.shape[0],), generator=g, device=x.device)
-        else:  # U[t_min, t_max] for every continuous family (a pinned, objective-independent validation t)
+        else:  # uniform in network time over [t_min, t_max] (edm: in log σ, not in σ, whose top decade would
+            # hold 97% of the draws); pinned and independent of the objective's own time sampler
             u = torch.rand(x.shape[0], generator=g, device=x.device, dtype=torch.float64)
-            t = p.t_min + (p.t_max - p.t_min) * u
+            lo, hi = (float(p.net_time(torch.tensor(v, dtype=torch.float64))) for v in (p.t_min, p.t_max))
+            t = p.t_of_net_time(lo + (hi - lo) * u).clamp(p.t_min, p.t_max)
         noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
         net = self.sampling_net(ema=True)
         labels = y.long() if self.num_classes is not None else None
