@@ -187,6 +187,7 @@ class Probe(L.Callback):
             "objective": type(pl_module.objective).__name__,
             "net": {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()},
             "ema": {k: v.detach().clone() for k, v in pl_module.ema.state_dict().items()},
+            "phema": {k: v.detach().clone() for k, v in pl_module.phema.state_dict().items()},
             "draws": self.draws,
         }, self.out_dir / f"job{job}_rank{trainer.global_rank}.pt")
 '''
@@ -194,7 +195,7 @@ class Probe(L.Callback):
 TINY = [
     "data=toy2d", "data.num_train=256", "data.num_val=64", "data.batch_size=32",
     "model=mlp", "model.hidden_dim=16", "model.num_blocks=1", "model.time_embed_dim=16", "schedule.num_timesteps=100",
-    "lr_scheduler=none", "logger=none", "print_config=false",
+    "lr_scheduler=none", "logger=none", "print_config=false", "module.posthoc_ema.sigma_rel=[0.05,0.10]",
     "trainer.accelerator=cpu", "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
     "trainer.enable_checkpointing=false", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
 ]
@@ -253,6 +254,9 @@ def test_ddp_ranks_share_weights_and_ema_but_not_noise(ddp_multirun):
         for key in r0["ema"]:
             assert torch.equal(r0["ema"][key], r1["ema"][key]), key
         assert int(r0["ema"]["num_updates"]) == 2  # once per optimizer step
+        for key in r0["phema"]:  # post-hoc EMA profiles: identical on every rank, updated once per optimizer step
+            assert torch.equal(r0["phema"][key], r1["phema"][key]), key
+        assert int(r0["phema"]["num_updates"]) == 2
         assert any(not torch.equal(r0["ema"][k], r0["net"][k.removeprefix("net.")]) for k in r0["ema"] if k.startswith("net."))
         assert len(r0["draws"]) == len(r1["draws"]) == 2
         for d0, d1 in zip(r0["draws"], r1["draws"]):
