@@ -398,6 +398,14 @@ def test_names_and_nfe():
     assert LangevinSampler().nfe(1000) == 2001 and LangevinSampler().name == "langevin-20x100"
 
 
+def test_default_langevin_step_is_ncsns_ratio_on_any_sigma_min():
+    """α_i = ε σ_i²/σ_L² with ε = 0.2 σ_L² by default: NCSN's 2e-5 at σ_L = 0.01, and the same α_i/σ_i² = 0.2
+    where σ_min is smaller (a fixed 2e-5 diverged on EDM's 0.002 and sub-VP's 1e-4)."""
+    assert math.isclose(LangevinSampler().epsilon(0.01), 2e-5, rel_tol=1e-12)
+    assert math.isclose(LangevinSampler().epsilon(0.002), 0.2 * 0.002**2, rel_tol=1e-12)
+    assert LangevinSampler(step_size=1e-3).epsilon(0.002) == 1e-3
+
+
 def test_default_langevin_ladder_has_the_ncsn_ratio():
     """20 levels on the linear T = 1000 schedule: σ_i/σ_{i+1} ≤ 1.668 (Song & Ermon), both ends the
     schedule's σ range; ladder_levels gives the count for any σ range."""

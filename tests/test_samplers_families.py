@@ -32,6 +32,7 @@ KNOWN_BIAS = {
     ("edm", "dpmpp_2m"): ({"steps": 40}, "dpmpp_2m-20: small mode's variance +29%"),
     ("ve", "ddim"): ({"steps": 100}, "ddim-50 (first order, geometric σ): small mode's variance +17%, covariance 0.21"),
     ("ve", "langevin"): ({"num_levels": 30}, "langevin-20x100 (ratio 1.57): weights 0.236/0.764; 30 levels: 0.204"),
+    ("subvp_sde", "langevin"): ({"num_levels": 30}, "langevin-20x100 (ratio 2.1 over 6 decades): large mode's variance +11-15%"),
 }
 REPRESENTATIVE = {("vp_sde", "ddpm"), ("vp_sde", "pc"), ("vp_sde", "euler_maruyama")}
 

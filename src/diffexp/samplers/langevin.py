@@ -11,6 +11,8 @@ from diffexp.samplers.grids import sigma_range
 
 # Song & Ermon 2019 (CIFAR-10): σ from 1 to 0.01 over L = 10 levels, a ratio 100^(1/9) ≈ 1.668 per level.
 NCSN_LEVEL_RATIO = 100 ** (1 / 9)
+# ... and ε = 2e-5 at σ_L = 0.01: the step at level i is α_i = ε σ_i²/σ_L² = 0.2 σ_i².
+NCSN_STEP_RATIO = 2e-5 / 0.01**2
 
 
 def ladder_levels(sigma_min: float, sigma_max: float, ratio: float = NCSN_LEVEL_RATIO) -> int:
@@ -36,20 +38,22 @@ class LangevinSampler(Sampler):
     with ``score`` from the process algebra; the network is evaluated at t = t_of_sigma(σ_i) on
     x_t = x̃/√(1+σ_i²). The chain starts from x̃ = x_T √(1+σ_1²) (the prior at the first level), and with
     ``denoise`` ends with Tweedie's x̂_0 = x̃ + σ_L² ∇ log p_{σ_L}(x̃) = E[x_0|x̃] (one more evaluation;
-    Song & Ermon 2020 / Jolicoeur-Martineau et al. 2021). ε defaults to NCSN's 2e-5 (σ_L = 0.01)."""
+    Song & Ermon 2020 / Jolicoeur-Martineau et al. 2021). ε defaults to NCSN's ratio ε/σ_L² = 0.2 (2e-5 at
+    σ_L = 0.01), see :meth:`epsilon`."""
 
     def __init__(
         self,
         num_levels: int = 20,
         steps_per_level: int = 100,
-        step_size: float = 2e-5,
+        step_size: float | None = None,
         denoise: bool = True,
         clip_denoised: bool = True,
     ):
         super().__init__(clip_denoised)
         check_positive_int("num_levels", num_levels)
         check_positive_int("steps_per_level", steps_per_level)
-        check_positive("step_size", step_size)
+        if step_size is not None:
+            check_positive("step_size", step_size)
         self.num_levels, self.steps_per_level, self.step_size, self.denoise = (
             num_levels,
             steps_per_level,
@@ -64,6 +68,12 @@ class LangevinSampler(Sampler):
     def name(self) -> str:
         return f"langevin-{self.num_levels}x{self.steps_per_level}"
 
+    def epsilon(self, sigma_min: float) -> float:
+        """ε of Algorithm 1: ``step_size``, or (None) NCSN's ratio ε/σ_L² = 2e-5/0.01² = 0.2 on this σ_L, so
+        that α_i = 0.2 σ_i² on every family (a fixed ε = 2e-5 is unstable where σ_min < 0.01: EDM's 0.002,
+        sub-VP's 1e-4 gave non-finite samples)."""
+        return self.step_size if self.step_size is not None else NCSN_STEP_RATIO * sigma_min**2
+
     def levels(self, process) -> list[float]:
         lo, hi = sigma_range(process)
         return torch.linspace(math.log(lo), math.log(hi), self.num_levels, dtype=torch.float64).exp().flip(0).tolist()
@@ -73,7 +83,7 @@ class LangevinSampler(Sampler):
         total, step = self.num_levels * self.steps_per_level, 0
         x = model.ve_prior(x_T, sigmas[0])
         for sigma in sigmas:
-            step_size = self.step_size * sigma**2 / sigmas[-1] ** 2  # α_i of Algorithm 1
+            step_size = self.epsilon(sigmas[-1]) * sigma**2 / sigmas[-1] ** 2  # α_i of Algorithm 1
             for _ in range(self.steps_per_level):
                 pred, x_t, t = model.denoise_ve(x, sigma)
                 report(callback, step, t, sigma, x_t, pred.x0, total)
