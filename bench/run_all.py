@@ -11,6 +11,8 @@ Quick (default; ~7 min on the shared 2-core CPU it was written on):
   bench_time_to_quality.py  classifier-FID of `make train`'s EMA samples vs training wall-clock (~15 min).
 The throughput scripts default to one torch thread (robust on a shared machine; bench_time_to_quality uses
 torch's default, as `make train` does); pass --threads N to set it for all.
+--peer adds bench_peer.py: denoising-diffusion-pytorch's recipe vs `make train`'s under the same 15-minute
+  training budget (needs the optional [peer] extra; ~50 min).
 Not run here: net_step_time.py, the training-step time of one network preset (for choosing a model size).
 
 Every script writes ``bench/results/<name>.json`` and prints a table; this runner streams their output,
@@ -67,6 +69,7 @@ def main() -> int:
     p.add_argument("--full", action="store_true", help="more rounds, n=10k FID, torch.compile and time-to-quality")
     p.add_argument("--only", nargs="*", help="run only these benchmarks (names without .py)")
     p.add_argument("--threads", type=int, default=None, help="pass --threads to every benchmark")
+    p.add_argument("--peer", action="store_true", help="add bench_peer.py (the peer comparison, ~50 min)")
     args = p.parse_args()
 
     from common import cpu_model, loadavg
@@ -76,7 +79,9 @@ def main() -> int:
     sections, failed = [], []
     start = time.time()
     load0 = loadavg()
-    for name, extra in plan(args.full, args.threads):
+    runs = plan(args.full, args.threads) + ([("bench_peer", ["--threads", str(args.threads)] if args.threads else [])]
+                                            if args.peer else [])
+    for name, extra in runs:
         if args.only and name not in args.only:
             continue
         script = HERE / f"{name}.py"
