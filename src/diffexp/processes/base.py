@@ -86,7 +86,7 @@ class Prediction:
         return getattr(self, name)
 
 
-def _time_dtype(out: Tensor, t) -> Tensor:
+def in_time_dtype(out: Tensor, t) -> Tensor:
     """``out`` (float64) as float64 when t is float64, else as float32."""
     return out if torch.is_tensor(t) and t.dtype == torch.float64 else out.float()
 
@@ -171,7 +171,7 @@ class Process:
         the sinusoidal embeddings made for DDPM's indices 0..999 see the same range (score_sde feeds 999 t
         to its DDPM-style networks). Float64 t stays float64, anything else becomes float32 (half
         precision would resolve 1000 t only to steps of 4)."""
-        return _time_dtype(1000.0 * self._t64(t), t)
+        return in_time_dtype(1000.0 * self._t64(t), t)
 
     def t_of_net_time(self, net_t: Tensor) -> Tensor:
         """Inverse of :meth:`net_time` (float64); oracles posing as networks use it."""

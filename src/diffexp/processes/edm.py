@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from diffexp.processes.base import Process, _time_dtype
+from diffexp.processes.base import Process, in_time_dtype
 
 
 class EDMProcess(Process):
@@ -41,7 +41,7 @@ class EDMProcess(Process):
         return self._t64(sigma).clone()
 
     def net_time(self, t: Tensor) -> Tensor:
-        return _time_dtype(1000.0 * (torch.log(self._t64(t)) - self._log_min) / self._log_span, t)
+        return in_time_dtype(1000.0 * (torch.log(self._t64(t)) - self._log_min) / self._log_span, t)
 
     def t_of_net_time(self, net_t: Tensor) -> Tensor:
         return torch.exp(self._t64(net_t) * self._log_span / 1000.0 + self._log_min)
