@@ -299,3 +299,12 @@ def test_in_a_multirun_the_job_fails_as_a_job(compose_cfg, capsys):
         with user_errors("train"):
             raise ConfigError("optimizer.lr=abc: must be a positive number")
     assert e.value.code == 2
+
+
+def test_a_metrics_callback_without_its_inception_weights_is_refused_before_training(compose_cfg, tmp_path):
+    from diffexp.validation import validate_config
+
+    cfg = compose_cfg(["data=digits", "callbacks=with_metrics", "extractor=inception",
+                       f"extractor.weights_path={tmp_path}/none.pth", "trainer.accelerator=cpu"])
+    with pytest.raises(ConfigError, match=f"callbacks.metrics.extractor \\(inception\\): weights not found at {tmp_path}/none.pth"):
+        validate_config(cfg, instantiate(cfg.data))

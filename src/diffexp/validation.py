@@ -247,6 +247,23 @@ def _check_conditioning(cfg: DictConfig, datamodule, errors: list[str]) -> None:
                           "module.label_dropout=0 never trains it (null label); set module.label_dropout > 0 (e.g. 0.1)")
 
 
+def _check_extractor_files(cfg: DictConfig, datamodule, errors: list[str]) -> None:
+    """A metrics callback on images with the Inception extractor needs its weights file (never downloaded);
+    without this check the run would fail at its first metrics evaluation, inside training."""
+    shape = getattr(datamodule, "data_shape", None)
+    if shape is None or len(tuple(shape)) != 3:
+        return  # 2-D points are scored on their coordinates, whatever the extractor
+    for name, node in (cfg.get("callbacks") or {}).items():
+        ext = node.get("extractor") if isinstance(node, DictConfig) else None
+        if isinstance(ext, DictConfig) and ext.get("name") == "inception":
+            from diffexp.metrics.extractors import inception_weights_path
+
+            path = inception_weights_path(ext.get("weights_path"))
+            if not path.is_file():
+                errors.append(f"callbacks.{name}.extractor (inception): weights not found at {path}; place the file "
+                              "there, set extractor.weights_path=<file>, or use extractor=classifier (offline)")
+
+
 def _check_precision(cfg: DictConfig, errors: list[str]) -> None:
     raw = _get(cfg, "trainer.precision", "32")
     precision = PRECISIONS.get(str(raw))
@@ -385,6 +402,7 @@ def validate_config(cfg: DictConfig, datamodule=None) -> None:
     _check_objective_on_process(cfg, process, errors)
     _check_conditioning(cfg, datamodule, errors)
     _check_precision(cfg, errors)
+    _check_extractor_files(cfg, datamodule, errors)
     _check_optimizer(cfg, errors)
     _check_optimized_metric(cfg, errors)
     for key, lo, hi in (("module.ema_decay", 0.0, 1.0), ("module.label_dropout", 0.0, 1.0)):
