@@ -100,6 +100,10 @@ def test_shipped_sampler_reproduces_the_mixture(name, tmp_path):
         with pytest.raises(ValueError, match="sampler=ddpm"):
             sampler.check(process)
         return
+    if name == "consistency":  # made for consistency models (tests/test_distill*.py): on an exact denoiser its
+        # one step is E[x0 | x_T] at sigma_max, near the mixture's mean, which is not a sample of it
+        assert sampler.nfe(0) == 1 and mixture_errors(draw(sampler, mixture_model(process, data_range)))
+        return
     errors = mixture_errors(draw(sampler, mixture_model(process, data_range)))
     assert not errors, f"{name} at its shipped defaults ({sampler.name}): " + "; ".join(errors)
 

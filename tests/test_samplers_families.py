@@ -23,7 +23,8 @@ from diffexp.build import build_process
 from test_sampler_defaults import draw, mixture_errors, mixture_model
 
 FAMILIES = sorted(p.stem for p in (CONF / "process").glob("*.yaml") if p.stem != "ddpm")
-SAMPLERS = sorted(p.stem for p in (CONF / "sampler").glob("*.yaml"))
+# consistency: samples consistency models, not denoisers (tests/test_distill*.py; test_sampler_defaults.py)
+SAMPLERS = sorted(p.stem for p in (CONF / "sampler").glob("*.yaml") if p.stem != "consistency")
 CHEAP = {"ddim", "heun", "dpmpp_2m", "adaptive"}
 KNOWN_BIAS = {
     ("flow", "heun"): ({"steps": 40}, "heun-18: small mode's mean 0.24 too far out, variance +35%"),

@@ -3,6 +3,7 @@
 
 from diffexp.samplers.adaptive import AdaptiveODESampler
 from diffexp.samplers.base import BoundDenoiser, NoiseSource, Sampler, StepInfo, karras_sigmas, timesteps
+from diffexp.samplers.consistency import ConsistencySampler
 from diffexp.samplers.ddim import DDIMSampler
 from diffexp.samplers.ddpm import DDPMSampler
 from diffexp.samplers.dpmpp_2m import DPMSolverPP2MSampler
@@ -20,6 +21,7 @@ SAMPLERS = {
     "dpmpp_2m": DPMSolverPP2MSampler,
     "adaptive": AdaptiveODESampler,
     "euler_maruyama": EulerMaruyamaSampler,
+    "consistency": ConsistencySampler,
 }
 
 __all__ = [
@@ -38,4 +40,5 @@ __all__ = [
     "DPMSolverPP2MSampler",
     "AdaptiveODESampler",
     "EulerMaruyamaSampler",
+    "ConsistencySampler",
 ]
