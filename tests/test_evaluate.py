@@ -103,6 +103,8 @@ def test_langevin_without_steps_and_bad_requests(ckpt, tmp_path):
     assert rec["sampler"] == "langevin-2x2-5" and rec["nfe"] == 5 and rec["family"] == "langevin-2x2"
     rec, _ = run_eval(tmp_path, "h", ckpt, ["sampler=heun", "sampler.steps=2", "metrics=[fid]"])
     assert rec["sampler"] == "heun-2-3" and rec["nfe"] == 3 and rec["family"] == "heun"
+    rec, _ = run_eval(tmp_path, "a", ckpt, ["sampler=adaptive", "sampler.rtol=1e-2", "sampler.atol=1e-2", "metrics=[fid]"])
+    assert rec["nfe"] > 2 and rec["sampler"] == f"ode-dopri5-tol0.01-{rec['nfe']}"  # known after sampling
     with pytest.raises(ValueError, match="unknown"):
         run_eval(tmp_path, "x", ckpt, ["metrics=[fid,lpips]"])
     with pytest.raises(CheckpointError, match="not found"):
