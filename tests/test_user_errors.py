@@ -308,3 +308,15 @@ def test_a_metrics_callback_without_its_inception_weights_is_refused_before_trai
                        f"extractor.weights_path={tmp_path}/none.pth", "trainer.accelerator=cpu"])
     with pytest.raises(ConfigError, match=f"callbacks.metrics.extractor \\(inception\\): weights not found at {tmp_path}/none.pth"):
         validate_config(cfg, instantiate(cfg.data))
+
+
+def test_checking_a_good_config_logs_no_errors(compose_cfg, caplog):
+    """The checks themselves must not print noise (Hydra's get_class logs an error for a function target)."""
+    import logging
+
+    from diffexp.validation import validate_config
+
+    cfg = compose_cfg(TOY)
+    with caplog.at_level(logging.WARNING):
+        validate_config(cfg, instantiate(cfg.data))
+    assert not caplog.records, [r.getMessage() for r in caplog.records]

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, get_method, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffexp.errors import UserError
@@ -50,14 +50,16 @@ def _is_number(v: Any) -> bool:
 
 
 def _accepts(target: str, name: str) -> bool:
+    """Whether the class or function at ``target`` takes a keyword ``name`` (True when it cannot be told).
+    (Imported directly: Hydra's get_class/get_method log an error for the kind they do not expect.)"""
+    import importlib
+
+    module, _, attr = target.rpartition(".")
     try:
-        obj = get_class(target)
-        params = inspect.signature(obj.__init__).parameters
-    except (ImportError, ValueError, AttributeError):
-        try:
-            params = inspect.signature(get_method(target)).parameters
-        except Exception:  # noqa: BLE001
-            return True
+        obj = getattr(importlib.import_module(module), attr)
+        params = inspect.signature(obj).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return True
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
