@@ -73,3 +73,22 @@ def test_ancestral_step_on_a_variance_exploding_process():
         n = out.shape[0]
         assert abs(float(out.mean()) - 2.0 * ss**2 / st**2) < 4 * math.sqrt(var / n)
         assert abs(float(out.var()) - var) < 4 * var * math.sqrt(2 / (n - 1))
+
+
+def test_reverse_sde_coefficients_are_the_papers():
+    """f = α'/α and g² = dσ²/dt - 2fσ² give Song et al.'s SDEs: VP f = -β/2, g² = β; sub-VP g² = β(1 - e^{-2B});
+    VE f = 0, g² = dσ²/dt = 2σ² log(σ_max/σ_min) (eqs. 9, 11, 17 and 30)."""
+    from diffexp.processes import SubVPSDEProcess, VEProcess, VPSDEProcess
+    from diffexp.samplers.sde import sde_coefficients
+
+    t = 0.37
+    vp, sub, ve = VPSDEProcess(), SubVPSDEProcess(), VEProcess()
+    beta = float(vp.beta(torch.tensor(t, dtype=torch.float64)))
+    big_b = float(vp.integral_beta(torch.tensor(t, dtype=torch.float64)))
+    f, g2 = sde_coefficients(vp, t)
+    assert math.isclose(f, -beta / 2, rel_tol=1e-10) and math.isclose(g2, beta, rel_tol=1e-10)
+    f, g2 = sde_coefficients(sub, t)
+    assert math.isclose(f, -beta / 2, rel_tol=1e-10) and math.isclose(g2, beta * (1 - math.exp(-2 * big_b)), rel_tol=1e-10)
+    f, g2 = sde_coefficients(ve, t)
+    sigma = float(ve.sigma(torch.tensor(t, dtype=torch.float64)))
+    assert f == 0.0 and math.isclose(g2, 2 * sigma**2 * math.log(ve.sigma_max / ve.sigma_min), rel_tol=1e-10)

@@ -10,6 +10,15 @@ from diffexp.samplers.base import Sampler, check_choice, check_positive_int, rep
 from diffexp.samplers.grids import SPACINGS, is_discrete, sampling_times
 
 
+def sde_coefficients(process, t: float) -> tuple[float, float]:
+    """(f(t), g²(t)) of the forward SDE dx = f x dt + g dw whose marginals are x_t = α x_0 + σ ε:
+    f = α'/α and g² = dσ²/dt - 2 f σ² (Kingma et al. 2021, App. A)."""
+    tt, one = torch.tensor([t], dtype=torch.float64), torch.empty(1, dtype=torch.float64)
+    (a, s), (da, ds) = (tuple(float(v) for v in pair) for pair in (process.scales(tt, one), process.scale_derivatives(tt, one)))
+    f = da / a
+    return f, 2 * s * ds - 2 * f * s**2
+
+
 class EulerMaruyamaSampler(Sampler):
     """The forward process x_t = α(t) x_0 + σ(t) ε is the SDE dx = f(t) x dt + g(t) dw with
 
@@ -49,17 +58,13 @@ class EulerMaruyamaSampler(Sampler):
         self.check(process)
         times = sampling_times(process, self.steps, self.spacing)
         x = x_T * float(process.prior_std)
-        one = torch.empty(1, dtype=torch.float64)
         for i, t in enumerate(times):
             pred = model(x, t)
             tt = torch.tensor([t], dtype=torch.float64)
             report(callback, i, t, float(process.sigma(tt)), x, pred.x0, len(times))
             if i + 1 == len(times):
                 return pred.x0
-            (a, s), (da, ds) = (tuple(float(v) for v in pair) for pair in
-                                (process.scales(tt, one), process.scale_derivatives(tt, one)))
-            f = da / a
-            g2 = 2 * s * ds - 2 * f * s**2
+            f, g2 = sde_coefficients(process, t)
             h = t - times[i + 1]
             x = x - h * (f * x - g2 * pred.score) + math.sqrt(max(g2, 0.0) * h) * noise.randn_like(x)
         return x
