@@ -120,7 +120,7 @@ def check_evaluate_config(cfg: DictConfig, known_metrics: tuple[str, ...]) -> li
     if unknown or not metrics:
         errors.append(f"metrics={metrics}: {'unknown ' + str(unknown) if unknown else 'none given'}; "
                       f"choose from {list(known_metrics)}")
-    sample_metrics = [m for m in metrics if m != "nll"]
+    sample_metrics = [m for m in metrics if m not in ("nll", "nll_ode")]
     if sample_metrics or not metrics:
         _positive_ints(cfg, ("num_samples", "batch_size", "kid_subset_size", "kid_subsets", "swd_projections"), errors)
         _positive_ints(cfg, ("num_real",), errors, allow_null=True)
@@ -135,5 +135,25 @@ def check_evaluate_config(cfg: DictConfig, known_metrics: tuple[str, ...]) -> li
         _positive_ints(cfg, ("nll.t_batch",), errors, allow_null=True)
         if OmegaConf.select(cfg, "nll.split") not in SPLITS:
             errors.append(f"nll.split={OmegaConf.select(cfg, 'nll.split')}: must be one of {list(SPLITS)}")
+    if "nll_ode" in metrics:
+        errors += _nll_ode_errors(cfg)
     _raise(errors)
     return metrics
+
+
+def _nll_ode_errors(cfg: DictConfig) -> list[str]:
+    """nll_ode.*: counts, split and the estimator/solver options (diffexp.likelihood_ode.check_options)."""
+    from diffexp.likelihood_ode import check_options
+
+    errors: list[str] = []
+    _positive_ints(cfg, ("nll_ode.num_examples", "nll_ode.batch_size", "nll_ode.num_probes"), errors)
+    if OmegaConf.select(cfg, "nll_ode.split") not in SPLITS:
+        errors.append(f"nll_ode.split={OmegaConf.select(cfg, 'nll_ode.split')}: must be one of {list(SPLITS)}")
+    opts = {k: OmegaConf.select(cfg, f"nll_ode.{k}") for k in ("divergence", "probe", "method", "rtol", "atol")}
+    for k, v in opts.items():
+        probe = {"divergence": "auto", "probe": "gaussian", "method": "dopri5", "rtol": 1e-5, "atol": 1e-5} | {k: v}
+        try:
+            check_options(probe["divergence"], probe["probe"], 1, probe["method"], probe["rtol"], probe["atol"])
+        except ValueError as e:
+            errors.append(f"nll_ode.{k}={v}: {e}")
+    return errors

@@ -13,8 +13,12 @@ n real and the reference statistics' split/cache key/file, seeds, timings, metri
 that numbers that are not comparable never share a curve.
 
 Metrics: ``fid``, ``kid``, ``is`` (images; IS needs an extractor with logits), ``swd`` (2-D data; FID and
-KID there are on the raw coordinates, see :mod:`diffexp.metrics.selection`) and ``nll`` (the variational
-bound in bits/dim on ``nll.split``, independent of the sampler).
+KID there are on the raw coordinates, see :mod:`diffexp.metrics.selection`), ``nll`` (the variational
+bound in bits/dim on ``nll.split``, independent of the sampler; ddpm family) and ``nll_ode`` (the exact
+likelihood by the probability-flow ODE on any family, :mod:`diffexp.metrics.nll_ode`; options under
+``nll_ode.``). The process family is part of every record (``process``) and of the summary, so
+``-m process=... sampler=... sampler.steps=...`` sweeps over checkpoints of several families give one
+FID-vs-NFE and NLL table.
 
 Samplers without a ``steps`` option (``langevin``: ``num_levels`` x ``steps_per_level``) cannot take
 ``sampler.steps=...`` (Hydra stops the sweep before it starts). Sweep them on their own, into the same
@@ -60,6 +64,7 @@ from diffexp.latent import image_range, image_shape, label_latent_nll, nll_datam
 from diffexp.logs import route_to_run_log, say  # noqa: E402
 from diffexp.metrics import compute_metrics  # noqa: E402
 from diffexp.metrics.nll import evaluate_nll, nll_examples, nll_keys, write_per_t_csv  # noqa: E402
+from diffexp.metrics.nll_ode import evaluate_nll_ode, nll_ode_keys  # noqa: E402
 from diffexp.metrics.provenance import (  # noqa: E402
     class_labels,
     extractor_info,
@@ -81,7 +86,8 @@ from diffexp.metrics.summary import RECORD, write_summary  # noqa: E402
 from diffexp.posthoc_ema import apply_posthoc_ema, weights_label  # noqa: E402
 from diffexp.validation import ConfigError  # noqa: E402
 
-ALL_METRICS = (*SAMPLE_METRICS, "nll")
+ALL_METRICS = (*SAMPLE_METRICS, "nll", "nll_ode")
+LIKELIHOOD_METRICS = ("nll", "nll_ode")
 
 
 def pick_device(name: str) -> torch.device:
@@ -142,12 +148,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(Path(info["path"]).resolve()), "pretrained": bool(info.get("pretrained", False)),
         "global_step": info["global_step"], "epoch": info["epoch"],
         "weights": weights, "ema": weights == "ema", "data": dm.name, "data_shape": list(dm.data_shape),
-        "num_timesteps": T, "prediction": module.prediction, "metrics_requested": metrics, "device": str(device),
+        "num_timesteps": T, "process": module.process.name, "prediction": module.prediction, "metrics_requested": metrics, "device": str(device),
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
         "hydra": hinfo, "values": {}, "keys": {},
     }
     sample_metrics = [m for m in metrics if m in SAMPLE_METRICS]
-    if sample_metrics or "nll" not in metrics:
+    if sample_metrics or not any(m in metrics for m in LIKELIHOOD_METRICS):
         sampler = instantiate(cfg.sampler)
         record.update(sampler=sampler_label(sampler, T), sampler_class=type(sampler).__name__,
                       sampler_config=OmegaConf.to_container(cfg.sampler, resolve=True), nfe=sampler.nfe(T),
@@ -169,6 +175,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         record["nll"] = _nll(cfg, module, dm, weights, device, out_dir)
         record["values"]["nll_bpd"] = record["nll"]["bpd"]
         record["keys"].update(record["nll"]["keys"])
+    if "nll_ode" in metrics:
+        record["nll_ode"] = _nll_ode(cfg, module, dm, weights, device)
+        record["values"]["nll_ode_bpd"] = record["nll_ode"]["bpd"]
+        record["values"]["nll_ode_nfe"] = record["nll_ode"]["nfe"]
+        record["keys"].update(record["nll_ode"]["keys"])
     record["seconds"] = time.time() - started
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(out_dir / RECORD, jsonable(record))
@@ -225,6 +236,19 @@ def _nll(cfg, module, dm, weights, device, out_dir: Path) -> dict[str, Any]:
     res.update(split=split, weights=weights, seed=int(n.seed), per_t_csv=str(out_dir / "nll_per_t.csv"))
     res["keys"] = nll_keys(res, split, weights)
     write_per_t_csv(out_dir / "nll_per_t.csv", res["per_t"])
+    return res
+
+
+def _nll_ode(cfg, module, dm, weights, device) -> dict[str, Any]:
+    n = cfg.nll_ode
+    data = nll_datamodule(module, dm, cfg.paths.cache_dir)  # latent diffusion: the cached latents of dm
+    x, y, split = nll_examples(data, n.split, n.num_examples, int(n.seed))
+    res = evaluate_nll_ode(module.denoiser(ema=cfg.ema), x, y, batch_size=int(n.batch_size), seed=int(n.seed),
+                           divergence=n.divergence, probe=n.probe, num_probes=int(n.num_probes), method=n.method,
+                           rtol=float(n.rtol), atol=float(n.atol), device=device)
+    label_latent_nll(res, module)
+    res.update(split=split, weights=weights, seed=int(n.seed), process=module.process.name)
+    res["keys"] = nll_ode_keys(res, split, weights)
     return res
 
 

@@ -21,8 +21,9 @@ from typing import Any
 from diffexp.atomic import atomic_write, atomic_write_text, clean_partial_files
 
 RECORD = "evaluation.json"
-SUMMARY_COLUMNS = ("group", "sampler", "family", "nfe", "weights", "guidance_scale", "fid", "kid", "kid_std", "is",
-                   "swd", "nll_bpd", "nll_convention", "n_gen", "n_real", "extractor", "extractor_hash",
+SUMMARY_COLUMNS = ("group", "process", "sampler", "family", "nfe", "weights", "guidance_scale", "fid", "kid", "kid_std", "is",
+                   "swd", "nll_bpd", "nll_convention", "nll_ode_bpd", "nll_ode_stderr", "nll_ode_nfe",
+                   "nll_ode_estimator", "n_gen", "n_real", "extractor", "extractor_hash",
                    "reference", "step", "checkpoint", "seconds", "job_dir")
 
 __all__ = ["RECORD", "SUMMARY_COLUMNS", "group_of", "load_records", "plot_fid_vs_nfe", "summary_rows", "write_summary"]
@@ -56,19 +57,29 @@ def summary_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for rec in records:
         v = rec.get("values", {})
         rows.append({
-            "group": group_of(rec), "sampler": rec.get("sampler", ""), "family": rec.get("family", ""),
+            "group": group_of(rec), "process": rec.get("process", ""), "sampler": rec.get("sampler", ""), "family": rec.get("family", ""),
             "nfe": rec.get("nfe", ""), "weights": rec.get("weights", ""), "guidance_scale": rec.get("guidance_scale", ""),
             "fid": v.get("fid", ""), "kid": v.get("kid", ""), "kid_std": v.get("kid_std", ""), "is": v.get("is", ""),
             "swd": v.get("swd", ""), "nll_bpd": v.get("nll_bpd", ""),
-            "nll_convention": (rec.get("nll") or {}).get("convention_tag", ""),
+            "nll_convention": (rec.get("nll") or (rec.get("nll_ode") or {})).get("convention_tag", ""),
+            "nll_ode_bpd": v.get("nll_ode_bpd", ""), "nll_ode_stderr": (rec.get("nll_ode") or {}).get("bpd_stderr", ""),
+            "nll_ode_nfe": v.get("nll_ode_nfe", ""), "nll_ode_estimator": _ode_estimator(rec.get("nll_ode")),
             "n_gen": rec.get("n_gen", ""), "n_real": rec.get("n_real", ""), "extractor": rec.get("extractor", ""),
             "extractor_hash": rec.get("extractor_hash", ""), "reference": (rec.get("reference") or {}).get("cache_key", ""),
             "step": rec.get("global_step", ""), "checkpoint": rec.get("checkpoint", ""),
             "seconds": round(float(rec.get("seconds", 0.0)), 2), "job_dir": rec.get("job_dir", ""),
         })
-    rows.sort(key=lambda r: (r["group"], str(r["checkpoint"]), str(r["family"]), str(r["weights"]),
+    rows.sort(key=lambda r: (r["group"], str(r["process"]), str(r["checkpoint"]), str(r["family"]), str(r["weights"]),
                              r["nfe"] if isinstance(r["nfe"], (int, float)) else math.inf))
     return rows
+
+
+def _ode_estimator(res: dict[str, Any] | None) -> str:
+    if not res:
+        return ""
+    from diffexp.metrics.nll_ode import estimator_tag
+
+    return estimator_tag(res)
 
 
 def _fmt(v: Any) -> str:
@@ -78,7 +89,7 @@ def _fmt(v: Any) -> str:
 
 
 def _curve_key(row: dict[str, Any], many_ckpts: bool) -> str:
-    label = f"{row['family']} ({row['weights']}"
+    label = f"{row['process']}: {row['family']} ({row['weights']}" if row["process"] else f"{row['family']} ({row['weights']}"
     if row["guidance_scale"] not in ("", 1, 1.0):
         label += f", cfg {row['guidance_scale']:g}"
     if many_ckpts:
@@ -113,13 +124,16 @@ def write_summary(root: str | os.PathLike) -> dict[str, Any]:
     md = [f"# Evaluation summary: {root}", "", f"{len(records)} job record(s), written "
           f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}.", ""]
     md += [f"> **Warning:** {n}" for n in notes] + ([""] if notes else [])
-    cols = ("sampler", "nfe", "weights", "fid", "kid", "kid_std", "is", "swd", "nll_bpd", "step", "seconds")
+    cols = ("process", "sampler", "nfe", "weights", "fid", "kid", "kid_std", "is", "swd", "nll_bpd", "nll_ode_bpd",
+            "nll_ode_nfe", "step", "seconds")
     for g, grows in groups.items():
         md += [f"## {g}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         md += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in grows]
         ckpts = sorted({str(r["checkpoint"]) for r in grows})
         conv = sorted({r["nll_convention"] for r in grows if r["nll_convention"]})
-        md += ["", f"checkpoint(s): {', '.join(ckpts)}"] + ([f"NLL convention: {', '.join(conv)}"] if conv else []) + [""]
+        est = sorted({r["nll_ode_estimator"] for r in grows if r["nll_ode_estimator"]})
+        md += ["", f"checkpoint(s): {', '.join(ckpts)}"] + ([f"NLL convention: {', '.join(conv)}"] if conv else [])
+        md += ([f"PF-ODE NLL estimator/solver: {', '.join(est)}"] if est else []) + [""]
     files["md"] = atomic_write_text(root / "summary.md", "\n".join(md))
     png = plot_fid_vs_nfe(groups, root / "fid_vs_nfe.png")
     if png is not None:
