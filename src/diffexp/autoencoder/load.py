@@ -7,17 +7,15 @@ checkpoints are keyed by it, so retraining (or re-estimating the scale of) an au
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from diffexp.autoencoder.module import AUTOENCODER_FORMAT, AUTOENCODER_KEY
 from diffexp.autoencoder.networks import KLAutoencoder
 from diffexp.checkpoint import CHECKPOINT_KEY, CheckpointError, read_checkpoint
+from diffexp.metrics.utils import state_dict_sha256
 
 PREFIX = "autoencoder."
 TRAIN_HINT = "train one with `python train_autoencoder.py` (its checkpoints are in outputs/autoencoder/runs/<time>/checkpoints/)"
@@ -25,12 +23,7 @@ TRAIN_HINT = "train one with `python train_autoencoder.py` (its checkpoints are 
 
 def autoencoder_hash(autoencoder: KLAutoencoder, length: int = 12) -> str:
     """sha256 prefix over (name, dtype, shape, bytes) of every state-dict entry (scale factor included)."""
-    h = hashlib.sha256()
-    for k, v in autoencoder.state_dict().items():
-        v = v.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(v.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:length]
+    return state_dict_sha256(autoencoder, length)
 
 
 def build_autoencoder(architecture: dict[str, Any]) -> KLAutoencoder:

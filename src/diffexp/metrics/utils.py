@@ -38,7 +38,8 @@ def state_dict_sha256(module: torch.nn.Module, length: int = HASH_LEN) -> str:
     for k, v in module.state_dict().items():
         v = v.detach().cpu().contiguous()
         h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+        # reshape(-1): a 0-dim tensor cannot be viewed as bytes directly (the bytes are the same)
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()[:length]
 
 
