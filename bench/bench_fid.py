@@ -150,7 +150,7 @@ def main() -> None:
         print(f"{r['sampler']:<13}{r['n']:>6}{r['extract_images_per_s']:>14.0f}{r['loop_seconds']:>8.1f}"
               f"{r['rss_before_loop_mib']:>9.0f}MB{r['peak_rss_mib']:>8.0f}MB{r['ru_maxrss_mib']:>8.0f}MB"
               f"{r['fid']:>10.4g}{r['kid']:>10.4g}{r['is']:>6.2f}")
-    print(f"threads={args.threads}; results: {out_path.resolve().relative_to(HERE.parent) if out_path.resolve().is_relative_to(HERE.parent) else out_path}")
+    print(f"threads={args.threads}; results: {os.path.relpath(out_path, HERE.parent)}")
 
 
 if __name__ == "__main__":

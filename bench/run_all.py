@@ -54,6 +54,12 @@ def plan(full: bool, threads: int | None) -> list[tuple[str, list[str]]]:
     ]
 
 
+def relative_paths(text: str) -> str:
+    """``text`` with this checkout's absolute paths made relative to it (the summary is committed, and the
+    repository speaks of itself in relative terms)."""
+    return text.replace(str(HERE.parent) + os.sep, "")
+
+
 def table_part(stdout: str) -> str:
     """The table a benchmark printed: from its '## ' heading on, else its whole stdout (progress lines
     of Lightning / tqdm dropped)."""
@@ -103,7 +109,7 @@ def main() -> int:
         if rc != 0:
             failed.append(name)
         sections.append(f"### {name}\n\n`{shown}` — {status}, {secs:.0f} s, load average at the end {loadavg()}\n\n"
-                        f"```\n{table_part(''.join(out))}\n```\n")
+                        f"```\n{relative_paths(table_part(''.join(out)))}\n```\n")
 
     import torch
 

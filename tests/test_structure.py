@@ -143,3 +143,13 @@ def test_contracts_names_only_what_exists():
         if obj is None:
             missing.append(name)
     assert not missing, missing
+
+
+def test_bench_summary_writer_makes_paths_relative():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    printed = f"threads=1; results: {REPO / 'bench' / 'results' / 'bench_fid_mnist.json'}"
+    assert run_all.relative_paths(printed) == "threads=1; results: bench/results/bench_fid_mnist.json"
