@@ -84,3 +84,32 @@ def test_nll_ode_alone_and_option_errors(ckpts, tmp_path):
                       ("nll_ode.num_probes=0", "nll_ode.num_probes"), ("nll_ode.rtol=-1", "nll_ode.rtol")):
         with pytest.raises(ConfigError, match=name):
             run_eval(tmp_path, "bad", ckpts["flow"], ["metrics=[nll_ode]", bad])
+
+
+def test_training_callback_ode_estimator(tmp_path):
+    """callbacks.nll.estimator=ode on a flow model of toy 2-D data: the exact-trace PF-ODE NLL is logged under
+    nll_ode keys (continuous convention, NFE beside it) at its steps and recorded with its estimator; a wrong
+    ODE option stops the run before training, naming the key."""
+    from diffexp.callbacks import NLLCallback
+
+    base = ["experiment=toy2d", "process=flow", "model.hidden_dim=32", "model.num_blocks=1", "trainer.max_steps=20",
+            "trainer.val_check_interval=20", "trainer.limit_val_batches=1", "trainer.log_every_n_steps=10",
+            "lr_scheduler.warmup_steps=2", "logger=csv", "callbacks=[default,nll]", "callbacks.sample.every_n_steps=0",
+            "callbacks.sample.at_end=false", "callbacks.model_checkpoint.every_n_train_steps=1000",
+            "callbacks.nll.every_n_steps=10", "callbacks.nll.num_examples=16", "callbacks.nll.batch_size=16",
+            "callbacks.nll.ema=false", "callbacks.nll.estimator=ode", "callbacks.nll.ode.rtol=1e-3",
+            "callbacks.nll.ode.atol=1e-3", "print_config=false", "~callbacks.progress_bar",
+            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    train(compose("train", base, tmp_path))
+    run = tmp_path / "run"
+    rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
+    key = "nll_ode/bpd/continuous/test-n16/raw/exact/dopri5-tol0.001"
+    logged = {int(r["step"]): float(r[key]) for r in rows if r.get(key)}
+    assert sorted(logged) == [10, 20] and all(math.isfinite(v) for v in logged.values())
+    rec = json.loads((run / "nll" / "nll_ode_test-n16-raw_step0000020.json").read_text())
+    assert rec["divergence"] == "exact" and rec["nfe"] > 5 and rec["convention_tag"] == "continuous"
+    assert rec["bpd"] == pytest.approx(logged[20])
+    with pytest.raises(ValueError, match="callbacks.nll.ode"):
+        NLLCallback(estimator="ode", ode={"probe": "sphere"})
+    with pytest.raises(ValueError, match="estimator"):
+        NLLCallback(estimator="vlb")

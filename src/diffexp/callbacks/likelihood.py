@@ -10,6 +10,11 @@ timesteps): 256 examples at T = 1000 are 256k evaluations, so keep ``num_example
 Every evaluation writes ``{out_dir}/nll_<split>-n<n>-<weights>_step<step>.json`` (all terms, the
 convention, the per-t breakdown) and ``..._per_t.csv`` (column ``t`` = 1..T, the mean term L_{t−1}, with
 t = 1 the decoder L_0), and appends a summary line to ``{out_dir}/history.jsonl``.
+
+``estimator="ode"`` evaluates instead the exact likelihood by the probability-flow ODE on any process family
+(:func:`diffexp.metrics.nll_ode.evaluate_nll_ode`; options in ``ode``: divergence, probe, num_probes,
+method, rtol, atol), logged under ``nll_ode/...`` keys (no per-t breakdown). The ELBO stays the default
+for the ddpm family.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from diffexp.atomic import atomic_write_json
 from diffexp.callbacks.periodic import PeriodicCallback
 from diffexp.callbacks.report import log_provenance, log_values
 from diffexp.latent import label_latent_nll
+from diffexp.likelihood_ode import check_options
 from diffexp.metrics.nll import evaluate_nll, nll_examples, nll_keys, write_per_t_csv
+from diffexp.metrics.nll_ode import evaluate_nll_ode, nll_ode_keys
 from diffexp.metrics.provenance import jsonable
 
 __all__ = ["NLLCallback"]
@@ -48,13 +55,29 @@ class NLLCallback(PeriodicCallback):
         reverse_variance: σ_t² of p_θ(x_{t−1}|x_t): ``beta_tilde`` or ``beta``.
         clip_denoised: clamp x̂₀ to the data range before forming the posterior mean.
         out_dir: where the JSON/CSV files go (default: ``<root>/nll``).
+        estimator: ``elbo`` (the bound, ddpm family) or ``ode`` (PF-ODE likelihood, any family).
+        ode: options of the ODE estimator (``divergence``, ``probe``, ``num_probes``, ``method``, ``rtol``, ``atol``).
     """
+
+    ODE_DEFAULTS = {"divergence": "auto", "probe": "gaussian", "num_probes": 1, "method": "dopri5", "rtol": 1e-5,
+                    "atol": 1e-5}
 
     def __init__(self, every_n_steps: int | None = 5000, at_end: bool = True, num_examples: int | None = 256,
                  split: str = "test", batch_size: int = 32, t_batch: int | None = None, seed: int = 0,
                  ema: bool = True, reverse_variance: str = "beta_tilde", clip_denoised: bool = False,
-                 out_dir: str | None = None):
+                 out_dir: str | None = None, estimator: str = "elbo", ode: dict | None = None):
         super().__init__(every_n_steps, at_end)
+        if estimator not in ("elbo", "ode"):
+            raise ValueError(f"callbacks.nll.estimator={estimator!r}: valid: ['elbo', 'ode']")
+        self.estimator = estimator
+        unknown = sorted(set(ode or {}) - set(self.ODE_DEFAULTS))
+        if unknown:
+            raise ValueError(f"callbacks.nll.ode: unknown option(s) {unknown}; valid: {sorted(self.ODE_DEFAULTS)}")
+        self.ode = {**self.ODE_DEFAULTS, **dict(ode or {})}
+        try:
+            check_options(**self.ode)
+        except ValueError as e:
+            raise ValueError(f"callbacks.nll.ode: {e}") from None
         self.num_examples, self.split, self.batch_size, self.t_batch = num_examples, split, int(batch_size), t_batch
         self.seed, self.ema, self.reverse_variance, self.clip_denoised = int(seed), ema, reverse_variance, clip_denoised
         self.out_dir = out_dir
@@ -82,15 +105,19 @@ class NLLCallback(PeriodicCallback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            result = evaluate_nll(denoiser, x, y, batch_size=self.batch_size, seed=self.seed, t_batch=self.t_batch,
-                                  reverse_variance=self.reverse_variance, clip_denoised=self.clip_denoised,
-                                  device=pl_module.device)
+            if self.estimator == "ode":
+                result = evaluate_nll_ode(denoiser, x, y, batch_size=self.batch_size, seed=self.seed,
+                                          device=pl_module.device, **self.ode)
+            else:
+                result = evaluate_nll(denoiser, x, y, batch_size=self.batch_size, seed=self.seed, t_batch=self.t_batch,
+                                      reverse_variance=self.reverse_variance, clip_denoised=self.clip_denoised,
+                                      device=pl_module.device)
         finally:
             pl_module.train(was_training)
         label_latent_nll(result, pl_module)  # latent diffusion: a bound on the latents, keyed latent-continuous
         result.update(step=step, split=self.used_split, weights=weights, ema=weights == "ema", seed=self.seed,
                       time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        values = nll_keys(result, self.used_split, weights)
+        values = (nll_ode_keys if self.estimator == "ode" else nll_keys)(result, self.used_split, weights)
         result["keys"] = values
         log_values(trainer, values, step)
         if trainer.is_global_zero:
@@ -102,13 +129,16 @@ class NLLCallback(PeriodicCallback):
 
     def _record(self, trainer: L.Trainer, result: dict[str, Any], weights: str) -> None:
         out = Path(self.out_dir or Path(trainer.default_root_dir) / "nll")
-        stem = f"nll_{self.used_split}-n{result['n']}-{weights}_step{result['step']:07d}"
+        tag = "nll_ode" if self.estimator == "ode" else "nll"
+        stem = f"{tag}_{self.used_split}-n{result['n']}-{weights}_step{result['step']:07d}"
         atomic_write_json(out / f"{stem}.json", jsonable(result))
-        write_per_t_csv(out / f"{stem}_per_t.csv", result["per_t"])
+        if "per_t" in result:
+            write_per_t_csv(out / f"{stem}_per_t.csv", result["per_t"])
         with open(out / "history.jsonl", "a") as f:
             f.write(json.dumps(jsonable({k: v for k, v in result.items() if k != "per_t"})) + "\n")
         if not self._logged_provenance:
             self._logged_provenance = True
-            log_provenance(trainer, {"nll": {k: result[k] for k in (
-                "convention", "convention_tag", "split", "n", "seed", "reverse_variance", "clip_denoised",
-                "num_timesteps", "dims", "conditional")} | {"batch_size": self.batch_size}})
+            keys = ("convention", "convention_tag", "split", "n", "seed", "dims", "conditional") + (
+                ("divergence", "probe", "num_probes", "method", "rtol", "atol", "sigma_min", "sigma_max")
+                if self.estimator == "ode" else ("reverse_variance", "clip_denoised", "num_timesteps"))
+            log_provenance(trainer, {tag: {k: result.get(k) for k in keys} | {"batch_size": self.batch_size}})
