@@ -14,7 +14,7 @@ from diffexp.objectives import (
     EDMObjective,
     ELBOObjective,
     FlowMatchingObjective,
-    HybridObjective,
+    FixedSigmaHybridObjective,
     NCSNObjective,
     ScoreMatchingObjective,
     SimpleObjective,
@@ -117,7 +117,7 @@ def test_edm_objective_through_the_preconditioner(process):
     assert abs(m) < 5 * se
 
 
-@pytest.mark.parametrize("make", [lambda: ELBOObjective(decoder="gaussian"), lambda: HybridObjective(decoder="gaussian"),
+@pytest.mark.parametrize("make", [lambda: ELBOObjective(decoder="gaussian"), lambda: FixedSigmaHybridObjective(decoder="gaussian"),
                                   lambda: SimpleObjective(timestep_sampler="importance")], ids=["elbo", "hybrid", "importance"])
 @pytest.mark.parametrize("process", CONTINUOUS, ids=IDS)
 def test_discrete_only_objectives_are_refused_on_continuous_families(make, process):

@@ -60,7 +60,7 @@ def type_name(family: str) -> str:
 
 @pytest.mark.parametrize("overrides,needles", [
     (["process=flow", "objective=elbo"], ["objective (ELBOObjective) with process=flow", "process=ddpm", "simple"]),
-    (["process=vp_sde", "objective=hybrid"], ["process=ddpm"]),
+    (["process=vp_sde", "objective=hybrid_fixed"], ["process=ddpm"]),
     (["process=ve", "objective.timestep_sampler=importance"], ["timestep_sampler=importance", "process=ddpm"]),
     (["objective=flow_matching"], ["continuous family", "process=flow"]),
     (["process=edm", "module.precondition=edm", "prediction=eps"], ["module.precondition=edm", "prediction=x0"]),

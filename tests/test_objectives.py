@@ -15,6 +15,7 @@ from diffexp import schedules as S
 from diffexp.likelihood import eps_kl_weights
 from diffexp.objectives import (
     ELBOObjective,
+    FixedSigmaHybridObjective,
     HybridObjective,
     LossSecondMomentTimesteps,
     ScoreMatchingObjective,
@@ -76,7 +77,7 @@ OBJECTIVES = {
     "simple-min_snr": lambda: SimpleObjective("min_snr"),
     "simple-p2": lambda: SimpleObjective("p2"),
     "elbo": lambda: ELBOObjective(decoder="gaussian", timestep_sampler="uniform"),
-    "hybrid": lambda: HybridObjective(decoder="gaussian", vlb_weight=0.01),
+    "hybrid": lambda: FixedSigmaHybridObjective(decoder="gaussian", vlb_weight=0.01),
     "score": lambda: ScoreMatchingObjective(),
 }
 
@@ -192,7 +193,7 @@ def test_losses_finite_under_zero_terminal_snr(prediction):
     )  # includes t = T
     objs = [SimpleObjective(w) for w in ("uniform", "min_snr", "p2")] + [ScoreMatchingObjective()]
     if prediction in ("x0", "v"):
-        objs += [ELBOObjective(decoder="gaussian", timestep_sampler="uniform"), HybridObjective(decoder="gaussian")]
+        objs += [ELBOObjective(decoder="gaussian", timestep_sampler="uniform"), FixedSigmaHybridObjective(decoder="gaussian")]
     for obj in objs:
         with pytest.warns(UserWarning) if prediction in ("eps", "score") else _nullcontext():
             obj.validate(prediction, sched)
@@ -218,7 +219,7 @@ class _nullcontext:
 
 def test_validate_rejects_undefined_combinations():
     z = S.cosine(50, zero_terminal_snr=True)
-    for obj in (ELBOObjective(), HybridObjective()):
+    for obj in (ELBOObjective(), FixedSigmaHybridObjective()):
         for pred in ("eps", "score"):
             with pytest.raises(ValueError, match="zero-terminal-SNR"):
                 obj.validate(pred, z)
@@ -324,6 +325,7 @@ def test_training_loss_uses_generator_and_updates_history():
     [
         ("simple", SimpleObjective),
         ("elbo", ELBOObjective),
+        ("hybrid_fixed", FixedSigmaHybridObjective),
         ("hybrid", HybridObjective),
         ("score", ScoreMatchingObjective),
     ],

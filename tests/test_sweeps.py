@@ -154,6 +154,7 @@ def test_experiment_iddpm_cifar10(tmp_path):
     cfg = compose("train", ["experiment=iddpm_cifar10"], tmp_path)
     assert cfg.schedule._target_ == "diffexp.schedules.cosine" and cfg.schedule.num_timesteps == 4000
     assert cfg.objective._target_ == "diffexp.objectives.HybridObjective" and cfg.objective.vlb_weight == 0.001
+    assert cfg.model.learn_sigma is True  # the paper's L_hybrid trains learned variances
     assert cfg.optimizer.lr == 1e-4 and cfg.data.batch_size == 128 and cfg.trainer.max_steps == 500_000
     assert (cfg.model.num_res_blocks, list(cfg.model.attention_resolutions), cfg.model.dropout) == (3, [16, 8], 0.3)
 

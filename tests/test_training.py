@@ -22,7 +22,7 @@ TINY_MLP = ["model=mlp", "model.hidden_dim=32", "model.num_blocks=1", "model.tim
 FEW_STEPS = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
              "data.batch_size=8", "schedule.num_timesteps=50"]
 
-OBJECTIVES = ["simple", "elbo", "hybrid", "score"]
+OBJECTIVES = ["simple", "elbo", "hybrid_fixed", "score"]
 PREDICTIONS = ["eps", "x0", "v", "score"]
 CASES = (
     [("mlp", o, p) for o in OBJECTIVES for p in PREDICTIONS]

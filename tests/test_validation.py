@@ -119,7 +119,7 @@ def test_min_snr_with_a_target_it_cannot_train(tmp_path):
         rejected(tmp_path, ztsnr + [f"prediction={prediction}"], "objective.weighting=min_snr",
                  f"prediction={prediction}", "schedule.zero_terminal_snr=true", "t=T")
     rejected(tmp_path, ["schedule.zero_terminal_snr=true", "objective.weighting=p2", "prediction=v"], "objective.weighting=p2")
-    rejected(tmp_path, ["objective=hybrid", "objective.weighting=min_snr", "prediction=v", "schedule.zero_terminal_snr=true"],
+    rejected(tmp_path, ["objective=hybrid_fixed", "objective.weighting=min_snr", "prediction=v", "schedule.zero_terminal_snr=true"],
              "objective.weighting=min_snr")
     check(tmp_path, ztsnr + ["prediction=eps"])  # eps under zero terminal SNR: the objective only warns
     for prediction in ("eps", "x0", "v", "score"):  # Hang et al. 2023: min-SNR with every target on usual schedules

@@ -184,12 +184,12 @@ def test_wandb_names_from_config_choices(tmp_path):
 
     from conftest import compose
 
-    cfg = compose("train", ["logger=wandb", "model=mlp", "schedule=cosine", "objective=hybrid", "prediction=v", "tags=[mine]"], tmp_path)
+    cfg = compose("train", ["logger=wandb", "model=mlp", "schedule=cosine", "objective=hybrid_fixed", "prediction=v", "tags=[mine]"], tmp_path)
     logger = instantiate(cfg.logger.wandb)  # composes and resolves without diffexp.launch's help
     (callback,) = launch.setup_loggers(cfg, [logger])
     init = logger._wandb_init
-    assert init["name"] == "mlp-cosine-hybrid-v" and init["group"] == "train" and init["project"] == "diffexp"
-    assert init["tags"][0] == "mine" and {"model:mlp", "schedule:cosine", "objective:hybrid", "prediction:v"} <= set(init["tags"])
-    assert init["config"]["objective"]["_target_"] == "diffexp.objectives.HybridObjective"
+    assert init["name"] == "mlp-cosine-hybrid_fixed-v" and init["group"] == "train" and init["project"] == "diffexp"
+    assert init["tags"][0] == "mine" and {"model:mlp", "schedule:cosine", "objective:hybrid_fixed", "prediction:v"} <= set(init["tags"])
+    assert init["config"]["objective"]["_target_"] == "diffexp.objectives.FixedSigmaHybridObjective"
     assert isinstance(callback, launch.WandbRunIdCallback) and logger._experiment is None  # nothing started yet
     assert launch.setup_loggers(cfg, []) == []

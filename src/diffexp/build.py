@@ -67,8 +67,9 @@ def _model_name(cfg: DictConfig) -> str:
     return f"model ({target})"
 
 
-# Keys of the model group read by diffexp, not passed to the network factory (models/energy.py).
-WRAPPER_KEYS = ("energy", "energy_head")
+# Keys of the model group read by diffexp, not passed to the network factory (models/energy.py,
+# models/learned_variance.py).
+WRAPPER_KEYS = ("energy", "energy_head", "learn_sigma")
 
 
 def build_net(cfg: DictConfig, data_shape, num_classes: int | None):
@@ -78,8 +79,15 @@ def build_net(cfg: DictConfig, data_shape, num_classes: int | None):
         raise ValueError("model configs must be partials (`_partial_: true`) taking in_channels, image_size, num_classes")
     shape = list(data_shape)
     image_size = shape[-1] if len(shape) == 3 else None
+    learn_sigma = bool(cfg.model.get("learn_sigma", False))
+    extra = {"out_channels": 2 * shape[0]} if learn_sigma else {}  # mean output | v (models/learned_variance.py)
     try:
-        return factory(in_channels=shape[0], image_size=image_size, num_classes=num_classes)
+        net = factory(in_channels=shape[0], image_size=image_size, num_classes=num_classes, **extra)
+        if learn_sigma:
+            from diffexp.models.learned_variance import LearnedVarianceNet
+
+            net = LearnedVarianceNet(net, shape[0])
+        return net
     except (ValueError, TypeError, AssertionError) as e:
         size = f"image_size={image_size}, in_channels={shape[0]}" if image_size else f"in_channels={shape[0]}"
         raise ConfigError(
@@ -120,6 +128,31 @@ def build_process(cfg: DictConfig, schedule=None):
         raise ConfigError(f"process ({cfg.process.get('_target_', '?')}): {cause}") from e
 
 
+def check_learn_sigma(cfg: DictConfig, process, objective) -> None:
+    """model.learn_sigma=true (Σ_θ of Nichol & Dhariwal) needs the ddpm chain, objective=hybrid (the loss that
+    trains Σ_θ), a raw network (no energy wrapper or preconditioning); objective=hybrid needs learn_sigma."""
+    learn = bool(cfg.model.get("learn_sigma", False))
+    if getattr(objective, "needs_learn_sigma", False) and not learn:
+        from diffexp.objectives.hybrid import NEEDS_LEARN_SIGMA
+
+        raise ConfigError(NEEDS_LEARN_SIGMA)
+    if not learn:
+        return
+    if not process.is_discrete:
+        raise ConfigError(f"model.learn_sigma=true interpolates between β_t and β̃_t of the discrete ddpm chain; "
+                          f"process={process.name} has none. Use process=ddpm or model.learn_sigma=false")
+    if not getattr(objective, "needs_learn_sigma", False):
+        raise ConfigError(f"model.learn_sigma=true needs objective=hybrid (the loss that trains Σ_θ), got "
+                          f"objective={getattr(objective, 'objective_name', type(objective).__name__)}")
+    if cfg.model.get("energy", False):
+        raise ConfigError("model.learn_sigma=true cannot be combined with model.energy=true (the energy's "
+                          "gradient has the data's channels only)")
+    precondition = OmegaConf.select(cfg, "module.precondition", default="none")
+    if precondition not in (None, "none"):
+        raise ConfigError(f"model.learn_sigma=true with module.precondition={precondition}: the variance "
+                          "channels are raw network outputs; use module.precondition=none")
+
+
 def build_module(cfg: DictConfig, info: dict[str, Any]) -> DiffusionModule:
     num_classes = resolve_num_classes(cfg, info.get("num_classes"))
     net = build_net(cfg, info["data_shape"], num_classes)
@@ -135,6 +168,7 @@ def build_module(cfg: DictConfig, info: dict[str, Any]) -> DiffusionModule:
 
         net = EnergyNet(net, process, cfg.prediction, head=cfg.model.get("energy_head", "l2"))
     objective = instantiate(cfg.objective)
+    check_learn_sigma(cfg, process, objective)
     module_cfg = OmegaConf.to_container(cfg.module, resolve=True) if "module" in cfg else {}
     optimizer = instantiate(cfg.optimizer) if "optimizer" in cfg else None
     lr_scheduler = _instantiate_checked(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None

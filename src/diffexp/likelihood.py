@@ -71,10 +71,16 @@ def vb_terms(
     cdf: str = "exact",
 ) -> Tensor:
     """Per-sample term of the bound at timestep index t (nats, shape (B,)): L_{t-1} (Gaussian KL, closed
-    form) for t ≥ 2 (index ≥ 1), and the decoder -log p_θ(x_0|x_1) at t = 1 (index 0)."""
+    form) for t ≥ 2 (index ≥ 1), and the decoder -log p_θ(x_0|x_1) at t = 1 (index 0).
+
+    The reverse variance is the learned Σ_θ when ``pred.var_frac`` is set (``model.learn_sigma``; Nichol &
+    Dhariwal eq. 15), else the fixed ``reverse_variance``."""
     true_mean, _, true_logvar = process.q_posterior(x0, x_t, t)
     model_mean = process.p_mean(pred, x_t, t)
-    model_logvar = process.reverse_log_variance(t, x_t, reverse_variance)
+    if pred.var_frac is None:
+        model_logvar = process.reverse_log_variance(t, x_t, reverse_variance)
+    else:
+        model_logvar = process.learned_log_variance(t, pred.var_frac, x_t)
     kl = sum_flat(normal_kl(true_mean, true_logvar, model_mean, model_logvar).expand_as(x0))
     if discrete:
         logp = discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar, cdf=cdf)
@@ -153,10 +159,11 @@ def elbo_bits_per_dim(
             x0_rep = x0d.repeat(len(ts), *([1] * (x0.ndim - 1)))
             x_in = process.q_sample(x0_rep, t, noise).to(in_dtype)
             y_rep = None if y is None else y.repeat(len(ts))
-            out = denoiser.raw(x_in, t, y_rep).double()
+            out, frac = denoiser.split(denoiser.raw(x_in, t, y_rep).double())
             x_t = x_in.double()
             clip = denoiser.data_range if clip_denoised else None
             pred = process.predict(out, x_t, t, prediction, clip=clip)
+            pred.var_frac = frac  # learned Σ_θ (model.learn_sigma) replaces reverse_variance
             term = vb_terms(process, x0_rep, x_t, t, pred, reverse_variance, discrete, cdf)
             terms[:, start : start + len(ts)] = term.view(len(ts), B).T
     finally:
@@ -174,7 +181,7 @@ def elbo_bits_per_dim(
         "per_t": terms.mean(0),
         "convention": CONVENTION_DISCRETE if discrete else CONVENTION_CONTINUOUS,
         "discrete": discrete,
-        "reverse_variance": reverse_variance,
+        "reverse_variance": "learned" if denoiser.learn_sigma else reverse_variance,
         "clip_denoised": clip_denoised,
         "num_timesteps": T,
         "dims": x0[0].numel(),

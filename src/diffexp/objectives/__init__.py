@@ -5,6 +5,7 @@ from diffexp.objectives.edm import EDMObjective
 from diffexp.objectives.elbo import ELBOObjective
 from diffexp.objectives.flow_matching import FlowMatchingObjective
 from diffexp.objectives.hybrid import HybridObjective
+from diffexp.objectives.hybrid_fixed import FixedSigmaHybridObjective
 from diffexp.objectives.ncsn import NCSNObjective
 from diffexp.objectives.score import ScoreMatchingObjective
 from diffexp.objectives.simple import SimpleObjective
@@ -25,6 +26,7 @@ __all__ = [
     "SimpleObjective",
     "ELBOObjective",
     "HybridObjective",
+    "FixedSigmaHybridObjective",
     "ScoreMatchingObjective",
     "FlowMatchingObjective",
     "EDMObjective",

@@ -165,6 +165,18 @@ class DiffusionProcess(Process):
             return gather(s.log_betas, t, like)
         raise ValueError(f"unknown reverse variance {kind!r}; valid: ['beta', 'beta_tilde']")
 
+    def learned_log_variance(self, t: Tensor, frac: Tensor, like: Tensor) -> Tensor:
+        """log Σ_θ = v log β_t + (1 - v) log β̃_t (Nichol & Dhariwal 2021 eq. 15), v = ``frac`` the network's
+        interpolation fraction (not clamped, as in improved-diffusion). β̃_1 = 0 is replaced by β̃_2 as in
+        ``beta_tilde``. On a respaced process (``schedule.respaced``) β and β̃ are the respaced ones, which is
+        improved-diffusion's respacing rule for learned variances (its SpacedDiffusion interpolates between
+        the recomputed β'_k and β̃'_k with the same v)."""
+        s = self.schedule
+        max_log = gather(s.log_betas, t, like)
+        min_log = gather(s.posterior_log_variance_clipped, t, like)
+        frac = frac.to(max_log.dtype)
+        return frac * max_log + (1.0 - frac) * min_log
+
     # ---- conversions between prediction targets ------------------------------------------------
     def predict(self, output: Tensor, x_t: Tensor, t: Tensor, prediction: str, clip: tuple[float, float] | None = None) -> Prediction:
         """Read a network output as ``prediction`` and return x̂_0 and ε̂ (and through them v̂, ŝ).

@@ -12,15 +12,20 @@ from diffexp.samplers.grids import is_discrete, sampling_times
 CONTINUOUS_STEPS = 1000  # steps=null on a continuous family: score_sde's N = 1000
 
 
-def ddpm_step(process: DiffusionProcess, k: int, x, x0, noise, variance: str):
+def ddpm_step(process: DiffusionProcess, k: int, x, x0, noise, variance: str, var_frac=None):
     """x_{k-1} = μ̃_k(x_k, x̂_0) + σ_k z with log σ_k² = ``process.reverse_log_variance(k, variance)``
     (σ² = β_k or β̃_k; Ho et al. eqs. 7, 11) and no noise at the last step k = 0, where μ̃ = x̂_0.
-    ``process`` is the (respaced) process being sampled and k its own step index."""
+    ``process`` is the (respaced) process being sampled and k its own step index. A learned variance
+    (``var_frac`` = v of a ``learn_sigma`` network) replaces σ_k² by Σ_θ = exp(v log β_k + (1-v) log β̃_k)
+    of this (respaced) process (Nichol & Dhariwal 2021 eq. 15 and App. B)."""
     kk = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
     mean, _, _ = process.q_posterior(x0, x, kk)
     if k == 0:
         return mean
-    log_var = process.reverse_log_variance(kk, x, variance)
+    if var_frac is None:
+        log_var = process.reverse_log_variance(kk, x, variance)
+    else:
+        log_var = process.learned_log_variance(kk, var_frac, x)
     return mean + torch.exp(0.5 * log_var) * noise.randn_like(x)
 
 
@@ -49,7 +54,8 @@ class DDPMSampler(Sampler):
     With ``steps`` S < T the chain runs on the respaced schedule over S uniformly spaced timesteps, with
     β'_k = 1 - ᾱ_{t_k}/ᾱ_{t_{k-1}} recomputed from ᾱ (Nichol & Dhariwal 2021, App. B); the network
     still sees the original indices t_k. Written with μ̃(x_t, x̂_0) rather than ε̂ so that clipping x̂_0
-    applies (identical to Algorithm 2 without clipping).
+    applies (identical to Algorithm 2 without clipping). A ``model.learn_sigma`` network's Σ_θ replaces
+    ``variance`` (on respaced grids interpolated between the respaced β'_k and β̃'_k).
 
     On a continuous family the same ancestral step runs in (α, σ) (:func:`ancestral_step`) over ``steps``
     times uniform in t (null: 1000, score_sde's N), from x = prior_std · x_T."""
@@ -88,5 +94,5 @@ class DDPMSampler(Sampler):
         for i, k in enumerate(reversed(range(len(ts)))):
             pred = model(x, ts[k])
             report(callback, i, ts[k], model.schedule.sigmas[ts[k]], x, pred.x0, len(ts))
-            x = ddpm_step(process, k, x, pred.x0, noise, self.variance)
+            x = ddpm_step(process, k, x, pred.x0, noise, self.variance, pred.var_frac)
         return x

@@ -120,7 +120,7 @@ class PCSampler(Sampler):
             report(callback, step, ts[k], sigmas[ts[k]], x, pred.x0, total)
             step += 1
             if self.predictor == "ancestral":
-                x = ddpm_step(process, k, x, pred.x0, noise, self.variance)
+                x = ddpm_step(process, k, x, pred.x0, noise, self.variance, pred.var_frac)
             else:
                 ab_prev = float(ab[ts[k - 1]]) if k > 0 else 1.0
                 x = ddim_step(pred.x0, pred.eps, ab_prev, float(ab[ts[k]]), self.eta, noise, x)
