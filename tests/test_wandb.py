@@ -13,6 +13,7 @@ import io
 import json
 import struct
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -70,8 +71,20 @@ def wandb_records(path: Path):
     return records
 
 
-def read_run(run_dir: Path) -> dict:
-    """run id/name/group/tags, the init config, and history as key -> [(trainer/global_step, value)]."""
+def read_run(run_dir: Path, wait_s: float = 60.0) -> dict:
+    """run id/name/group/tags, the init config, and history as key -> [(trainer/global_step, value)].
+
+    wandb's service process writes the file asynchronously; on a loaded machine the run record can land
+    after ``wandb.finish()`` has returned, so wait (bounded) until it is there."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        info = _read_run_once(run_dir)
+        if "id" in info or time.monotonic() > deadline:
+            return info
+        time.sleep(0.5)
+
+
+def _read_run_once(run_dir: Path) -> dict:
     (log,) = run_dir.glob("run-*.wandb")
     info = {"history": defaultdict(list), "config": {}}
     for r in wandb_records(log):
