@@ -7,6 +7,8 @@ also lives here, once, so every sampler can guide: the conditional and unconditi
 one batch and are combined as ε̃ = ε_u + w (ε_c - ε_u), with x̂_0 combined by the same weights.
 A learned-variance network (``model.learn_sigma=true``) has its variance channels split off here
 (:func:`split`) and passed on as ``Prediction.var_frac``; the guided prediction keeps the conditional v.
+Classifier guidance (Dhariwal & Nichol 2021, :mod:`diffexp.guidance`) lives here too, composed after the
+classifier-free combination: ε̃ = ε̂ − s σ_t ∇_x log p_φ(y|x_t) (``denoiser.classifier_guidance``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Denoiser:
         self.num_classes = num_classes
         # Range x̂_0 is clipped to by samplers with clip_denoised on; None for unbounded data (toy2d).
         self.data_range = data_range
+        # diffexp.guidance.ClassifierGuidance or None: ε̃ = ε̂ − s σ_t ∇ log p_φ(y|x_t) whenever labels are given.
+        self.classifier_guidance = None
 
     @property
     def learn_sigma(self) -> bool:
@@ -72,8 +76,16 @@ class Denoiser:
     ) -> Prediction:
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
-        if y is not None and self.num_classes is None:
+        classifier = self.classifier_guidance if y is not None else None
+        if y is not None and self.num_classes is None and classifier is None:
             raise ValueError("class labels were given but the model is unconditional (model.num_classes is unset)")
+        y_net = y if self.num_classes is not None else None  # an unconditional net sees no labels
+        if classifier is None:
+            return self._free_guided(x_t, t, y_net, guidance_scale, clip)
+        # Classifier guidance acts on the (classifier-free guided) ε̂, then x̂_0 is clipped.
+        return classifier.guide(self._free_guided(x_t, t, y_net, guidance_scale, None), self.process, t, y, clip)
+
+    def _free_guided(self, x_t: Tensor, t: Tensor, y: Tensor | None, guidance_scale: float, clip) -> Prediction:
         if y is None or guidance_scale == 1.0:
             return self._predict(self.raw(x_t, t, y), x_t, t, clip=clip)
         # Guided: one batch holding the conditional and the unconditional (null label) passes.

@@ -96,6 +96,11 @@ class GaussianMixtureOracle(nn.Module):
         x64 = x.to(torch.float64).flatten(1)
         return torch.logsumexp(self._terms(x64, _as_t(t, x), None)[-1], dim=1)
 
+    def log_responsibilities(self, x: Tensor, t: Tensor) -> Tensor:
+        """log r_k(x_t) = log p(component k | x_t) at process time t (float64, (B, K))."""
+        x64 = x.to(torch.float64).flatten(1)
+        return torch.log_softmax(self._terms(x64, _as_t(t, x), None)[-1], dim=1)
+
     def eps_and_x0(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(ε*, E[x_0|x_t]) in float64, shaped like x."""
         x64 = x.to(torch.float64).flatten(1)
@@ -143,3 +148,31 @@ class GaussianOracle(GaussianMixtureOracle):
 def _as_t(t, x: Tensor) -> Tensor:
     t = torch.as_tensor(t, device=x.device)
     return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+
+class MixtureClassifierOracle(nn.Module):
+    """The exact noisy classifier of a labelled Gaussian mixture: component k carries label c with probability
+    ``label_probs[c, k]`` (columns sum to 1), so
+
+        p(y = c | x_t) = Σ_k r_k(x_t) π_{ck}      and      p(x_0 | y = c) = Σ_k w̃_k N(μ_k, Σ_k),  w̃_k ∝ w_k π_{ck}
+
+    (the "tilted" weights). ``forward(x, net_time)`` returns log p(y | x_t) for every class (B, C) — logits
+    in the classifier contract of :mod:`diffexp.guidance` (its log_softmax is itself)."""
+
+    def __init__(self, oracle: GaussianMixtureOracle, label_probs):
+        super().__init__()
+        pi = torch.as_tensor(label_probs, dtype=torch.float64)
+        if pi.ndim != 2 or pi.shape[1] != oracle.num_components or not torch.allclose(pi.sum(0), torch.ones(pi.shape[1], dtype=torch.float64)):
+            raise ValueError(f"label_probs must be (num_classes, {oracle.num_components}) with columns summing to 1")
+        self.oracle = oracle
+        self.register_buffer("log_pi", torch.log(pi))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        t = self.oracle.process.t_of_net_time(_as_t(t, x))
+        log_r = self.oracle.log_responsibilities(x, t)  # (B, K)
+        return torch.logsumexp(log_r[:, None, :] + self.log_pi[None], dim=-1).to(x.dtype)
+
+    def tilted_weights(self, label: int) -> Tensor:
+        """The component weights of p(x_0 | y = label): w_k π_{label,k} / Σ_j w_j π_{label,j}."""
+        w = self.oracle.weights.cpu() * torch.exp(self.log_pi[label].cpu())
+        return w / w.sum()
