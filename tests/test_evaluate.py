@@ -58,7 +58,7 @@ def test_records_summary_and_groups(ckpt, tmp_path):
     assert saved["started"] and saved["finished"] and saved["seconds"] > 0
     tag = f"random-{saved['extractor_hash'][:6]}"
     for m in ("fid", "kid", "is"):
-        key = f"{m}/{tag}/n16/ddim-4/ema/ref-test-n64"
+        key = f"{m}/{tag}/n16/ddpm/ddim-4/ema/ref-test-n64"
         assert math.isfinite(saved["keys"][key]) and saved["keys"][key] == saved["values"][m]
     nll = saved["nll"]
     assert nll["convention_tag"] == "discrete8bit" and "8-bit" in nll["convention"] and nll["n"] == 8

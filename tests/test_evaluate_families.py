@@ -64,6 +64,7 @@ def test_two_families_one_table(ckpts, tmp_path):
         key = "nll_ode/bpd/discrete8bit/test-n4/ema/hutchinson-gaussian-x1/dopri5-tol0.001"
         assert rec["keys"][key] == rec["values"]["nll_ode_bpd"] == ode["bpd"]
         assert rec["values"]["nll_ode_nfe"] == ode["nfe"]
+        assert f"fid/random-{rec['extractor_hash'][:6]}/n16/{fam}/heun-2-3/ema/ref-test-n64" in rec["keys"]
     res = write_summary(tmp_path / "jobs")
     assert res["records"] == 4 and len(res["groups"]) == 1
     rows = list(csv.DictReader(open(tmp_path / "jobs" / "summary.csv")))

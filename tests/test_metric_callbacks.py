@@ -128,7 +128,7 @@ def test_metric_callbacks_log_keys_with_provenance(digits_metrics_run):
     logged = read_csv_metrics(run)
     tag = "random-" + RandomHash.get()
     for sampler in ("ddim-5", "dpmpp_2m-3"):
-        suffix = f"{tag}/n16/{sampler}/ema/ref-test-n64"
+        suffix = f"{tag}/n16/ddpm/{sampler}/ema/ref-test-n64"
         for metric in ("fid", "kid", "is"):
             key = f"{metric}/{suffix}"
             assert key in logged, (key, sorted(k for k in logged if "/" in k))
@@ -137,7 +137,7 @@ def test_metric_callbacks_log_keys_with_provenance(digits_metrics_run):
             assert key in final  # also in trainer.callback_metrics -> metrics.json / optimized_metric
         assert all(v > 0 for _, v in logged[f"fid/{suffix}"])
     # The two callbacks' samples differ (different samplers), so their FIDs do.
-    assert logged[f"fid/{tag}/n16/ddim-5/ema/ref-test-n64"] != logged[f"fid/{tag}/n16/dpmpp_2m-3/ema/ref-test-n64"]
+    assert logged[f"fid/{tag}/n16/ddpm/ddim-5/ema/ref-test-n64"] != logged[f"fid/{tag}/n16/ddpm/dpmpp_2m-3/ema/ref-test-n64"]
     # Full provenance per evaluation, and per key family in provenance.json and the logged hparams.
     records = [json.loads(line) for line in (run / "metrics" / "evaluations.jsonl").read_text().splitlines()]
     assert sorted((r["sampler"], r["step"]) for r in records) == [("ddim-5", 2), ("ddim-5", 4), ("dpmpp_2m-3", 2),
@@ -147,12 +147,12 @@ def test_metric_callbacks_log_keys_with_provenance(digits_metrics_run):
         assert r["nfe"] == int(r["sampler"].rsplit("-", 1)[1]) and len(r["extractor_hash"]) == 12
         assert r["real"]["split"] == "test" and r["real"]["path"].startswith(str(cache))
         assert r["seeds"] == {"offset": 0, "first": 0, "last": 15, "rule": r["seeds"]["rule"]}
-        assert all(f"/n16/{r['sampler']}/" in k for k in r["keys"])
+        assert all(f"/n16/ddpm/{r['sampler']}/" in k for k in r["keys"])
     prov = json.loads((run / "metrics" / "provenance.json").read_text())
-    assert set(prov) == {f"{tag}/n16/ddim-5/ema/ref-test-n64", f"{tag}/n16/dpmpp_2m-3/ema/ref-test-n64"}
-    assert prov[f"{tag}/n16/dpmpp_2m-3/ema/ref-test-n64"]["sampler_config"]["steps"] == 3
+    assert set(prov) == {f"{tag}/n16/ddpm/ddim-5/ema/ref-test-n64", f"{tag}/n16/ddpm/dpmpp_2m-3/ema/ref-test-n64"}
+    assert prov[f"{tag}/n16/ddpm/dpmpp_2m-3/ema/ref-test-n64"]["sampler_config"]["steps"] == 3
     hparams = (run / "csv" / "hparams.yaml").read_text()
-    assert f"metrics/{tag}/n16/ddim-5/ema/ref-test-n64" in hparams and "extractor_hash" in hparams
+    assert f"metrics/{tag}/n16/ddpm/ddim-5/ema/ref-test-n64" in hparams and "extractor_hash" in hparams
     # Reference statistics computed once and shared by both callbacks (same split, extractor and n).
     assert len(list((cache / "refstats").glob("*.pt"))) == 1
 
@@ -198,7 +198,7 @@ def test_nll_bound_finite_and_decreasing_with_training_and_point_metrics(tmp_pat
     assert rows[0] == "t,bpd" and len(rows) == 51 and rows[1].startswith("1,")
     # 2-D metrics: identity "extractor", SWD logged at the end with provenance in the key.
     swd = [k for k in logged if k.startswith("swd/points-")]
-    assert swd == [f"swd/{PointsExtractor(2).tag}/n256/ddim-10/ema/ref-test-n2000"], swd
+    assert swd == [f"swd/{PointsExtractor(2).tag}/n256/ddpm/ddim-10/ema/ref-test-n2000"], swd
     swd = dict(logged[swd[0]])
     assert sorted(swd) == list(range(10, 151, 10))
     assert not any(k.startswith("is/") for k in logged)

@@ -18,8 +18,8 @@ collectives, never inside ``rank_zero_only``: torchmetrics #2684):
 Keys (:func:`diffexp.metrics.provenance.provenance_key`) say what a number is and so which numbers may be
 compared::
 
-    fid/classifier-ab12cd/n1000/ddim-50/ema/ref-test-n10000
-    └metric└extractor-hash6└n gen└sampler-NFE└weights└reference split and n
+    fid/classifier-ab12cd/n1000/ddpm/ddim-50/ema/ref-test-n10000
+    └metric└extractor-hash6└n gen└process family└sampler-NFE└weights└reference split and n
 
 Every evaluation is also appended, with its full provenance (extractor weights hash and file, reference
 cache key and file, sampler config, NFE, seeds, timings), to ``{out_dir}/evaluations.jsonl``, and the
@@ -192,7 +192,7 @@ class MetricsCallback(PeriodicCallback):
             sampler=self.label(pl_module), sampler_class=type(self.sampler).__name__,
             sampler_config=sampler_config(self.sampler), nfe=self.sampler.nfe(T), weights=weights, ema=weights == "ema",
             guidance_scale=self.guidance_scale, real_split=self.real_split, extractor_info=extractor_info(self.extractor),
-            world_size=dist_info()[1],
+            world_size=dist_info()[1], process=pl_module.process.name,
         )
         values = keyed_metrics(result)
         result["keys"] = values

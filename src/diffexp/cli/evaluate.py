@@ -217,7 +217,7 @@ def _sample_metrics(cfg, module, dm, sampler, metrics, weights, device) -> dict[
                            kid_subsets=cfg.kid_subsets, kid_max_samples=cfg.kid_max_samples,
                            swd_projections=cfg.swd_projections, device=device)
     T = module.process.num_timesteps
-    res.update(sampler=sampler_label(sampler, T), sampler_class=type(sampler).__name__,
+    res.update(process=module.process.name, sampler=sampler_label(sampler, T), sampler_class=type(sampler).__name__,
                sampler_config=sampler_config(sampler), nfe=sampler.nfe(T), weights=weights, ema=weights == "ema",
                guidance_scale=float(cfg.guidance_scale), real_split=split, extractor_info=extractor_info(extractor),
                metrics=list(chosen))

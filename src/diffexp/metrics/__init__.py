@@ -7,7 +7,7 @@ Typical use::
     real = reference_stats(datamodule, "test", extractor, n=10_000)   # cached on disk
     res = compute_metrics(lambda seeds: sampler(denoiser, shape=shape, seeds=seeds), 10_000, extractor, real,
                           batch_size=250, sampler=sampler.name, nfe=sampler.nfe(T), ema=True)
-    logger.log_metrics(keyed_metrics(res))   # {"fid/classifier-ab12cd/n10000/ddim-50/ema/ref-test-n10000": ...}
+    logger.log_metrics(keyed_metrics(res))   # {"fid/classifier-ab12cd/n10000/ddim-50/ema/ref-test-n10000": ...} (+ process family when res names it)
 
 See :mod:`diffexp.metrics.stats` for the memory model and DDP behaviour, :mod:`diffexp.metrics.provenance`
 for keys and records, :mod:`diffexp.metrics.selection` for the choice of metrics, extractor and reference

@@ -2,8 +2,11 @@
 
 One key format, built by :func:`provenance_key` only (callbacks, the evaluate CLI and loggers all use it)::
 
-    fid/classifier-ab12cd/n1000/ddim-50/ema/ref-test-n10000
-    └metric└extractor-hash6└n gen└sampler-NFE[-cfg w]└weights└reference split and n
+    fid/classifier-ab12cd/n1000/ddpm/ddim-50/ema/ref-test-n10000
+    └metric└extractor-hash6└n gen└process family└sampler-NFE[-cfg w]└weights└reference split and n
+
+(the process family segment is present when the result names its ``process``, as the training callback and
+``evaluate.py`` do: the same sampler at the same NFE is another experiment on another family).
 
 Numbers whose keys differ anywhere are not comparable (another extractor, sample size, sampler,
 weights or reference set). :func:`provenance` spells out in full what a key abbreviates.
@@ -54,12 +57,13 @@ def _weights(result: dict[str, Any]) -> str:
 
 
 def provenance_key(metric: str, result: dict[str, Any]) -> str:
-    """``{metric}/{extractor}-{hash6}/n{n_gen}/{sampler}/{ema|raw}/ref-{split}-n{n_real}`` for a result of
+    """``{metric}/{extractor}-{hash6}/n{n_gen}/[{process}/]{sampler}/{ema|raw}/ref-{split}-n{n_real}`` for a result of
     :func:`diffexp.metrics.compute_metrics` (the reference split is ``real_split``, else the split
     recorded in the reference statistics)."""
     split = result.get("real_split") or (result.get("real") or {}).get("split") or "unknown"
+    process = f"{result['process']}/" if result.get("process") else ""
     return (f"{metric}/{result['extractor']}-{str(result['extractor_hash'])[:6]}/n{int(result['n_gen'])}/"
-            f"{result_label(result)}/{_weights(result)}/ref-{split}-n{int(result['n_real'])}")
+            f"{process}{result_label(result)}/{_weights(result)}/ref-{split}-n{int(result['n_real'])}")
 
 
 def keyed_metrics(result: dict[str, Any]) -> dict[str, float]:
