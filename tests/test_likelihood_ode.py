@@ -144,3 +144,25 @@ def test_evaluate_nll_ode_chunks_and_keys():
     keys = nll_ode_keys(res, "test", "ema")
     assert "nll_ode/bpd/continuous/test-n6/ema/exact/dopri5-tol0.0001" in keys
     assert keys["nll_ode/nfe/continuous/test-n6/ema/exact/dopri5-tol0.0001"] == res["nfe"]
+
+
+def test_learned_variance_channels_play_no_part():
+    """A learned-variance network (model.learn_sigma) returns its variance channels beside the target; the
+    ODE reads only the target half, so the likelihood equals that of the bare oracle."""
+    oracle, model = oracle_model("vp_sde")
+
+    class WithVariance(torch.nn.Module):
+        learn_sigma = True
+
+        def __init__(self):
+            super().__init__()
+            self.inner = oracle
+
+        def forward(self, x, t, y=None):
+            out = self.inner(x, t)
+            return torch.cat([out, torch.full_like(out, 0.3)], dim=1)
+
+    x, _ = oracle.sample(4, generator=torch.Generator().manual_seed(9))
+    bare = ode_log_likelihood(model, x, rtol=1e-4, atol=1e-4)["logp"]
+    wrapped = ode_log_likelihood(Denoiser(WithVariance(), model.process, data_range=None), x, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(wrapped["logp"], bare, atol=1e-10)

@@ -120,7 +120,7 @@ def ve_denoiser(denoiser, y: Tensor | None = None):
         if not process.is_discrete:
             tt = tt.double()
         x_t = (a * x).to(dtype)
-        out = denoiser.raw(x_t, tt, y)
+        out, _ = denoiser.split(denoiser.raw(x_t, tt, y))  # a learned variance plays no part in the ODE
         return process.predict(out, x_t, tt, denoiser.prediction).x0.to(x.dtype)
 
     return D
