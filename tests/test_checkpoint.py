@@ -222,3 +222,27 @@ def test_sigterm_to_a_training_process_saves_and_resumes(tmp_path):
     assert train(cfg)["global_step"] == stopped_at + 3
     resumed = read_checkpoint(tmp_path / "train" / "runs" / "resumed" / "checkpoints" / "last.ckpt")
     assert int(resumed["state_dict"]["ema.num_updates"]) == stopped_at + 3  # EMA continued from the checkpoint
+
+
+@pytest.mark.parametrize("end", [["trainer.max_steps=5"], ["trainer.max_steps=-1", "trainer.max_epochs=2"]],
+                         ids=["max_steps", "max_epochs"])
+def test_a_failing_end_of_run_callback_does_not_lose_the_final_checkpoint(tmp_path, monkeypatch, end):
+    """Lightning runs ModelCheckpoint's on_train_end after the other callbacks': the final last.ckpt is saved
+    before the end-of-run sample grid runs, so a grid that raises still leaves a resumable final step."""
+    from diffexp.callbacks import SampleCallback
+
+    def broken(self, trainer, pl_module):
+        raise RuntimeError("injected: the end-of-run sample grid failed")
+
+    monkeypatch.setattr(SampleCallback, "evaluate", broken)
+    cfg = compose("train", TINY + end + ["callbacks=[model_checkpoint,sample]", "callbacks.sample.every_n_steps=null",
+                                         "callbacks.model_checkpoint.every_n_train_steps=3"], tmp_path)
+    with pytest.raises(RuntimeError, match="injected"):
+        train(cfg)
+    final = 5 if end == ["trainer.max_steps=5"] else 8  # toy2d: 64 points / batch 16 = 4 steps per epoch
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["global_step"] == final
+    monkeypatch.undo()
+    resumed = compose("train", TINY + ["trainer.max_steps=10", "callbacks.model_checkpoint.every_n_train_steps=3",
+                                       f"ckpt_path={last}"], tmp_path / "resumed")
+    assert train(resumed)["global_step"] == 10

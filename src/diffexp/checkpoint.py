@@ -10,7 +10,8 @@
   ``ModelCheckpoint`` with two changes: ``save_last="link"`` replaces ``last.ckpt`` atomically (a new
   symlink, or copy, under a temporary name, then ``os.replace``; Lightning deletes the old one first),
   and the final step is always saved as ``last.ckpt`` when training ends (Lightning only saves every
-  ``every_n_train_steps``, so a run whose ``max_steps`` is not a multiple lost its last steps).
+  ``every_n_train_steps``, so a run whose ``max_steps`` is not a multiple lost its last steps), before any
+  end-of-run evaluation (:func:`save_final_checkpoint`), so a failing sample grid or metric cannot lose it.
 * :class:`SignalCheckpoint`: on SIGTERM (schedulers, ``timeout``, preemption) or SIGINT (Ctrl+C) the
   current optimizer step finishes, ``last.ckpt`` is saved, and training stops cleanly, skipping the optional
   end-of-run work (validation, sample grids, metrics: :func:`stop_signal`), so the process exits within the
@@ -194,9 +195,13 @@ class AtomicModelCheckpoint(CheckpointCallbackBase):
             self._save_final(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.save_last and not self.should_skip_saving(trainer):  # e.g. runs that end by epochs
-            self._save_final(trainer)
+        self.save_final(trainer)  # e.g. runs that end by epochs (usually done already: save_final_checkpoint)
         super().on_train_end(trainer, pl_module)
+
+    def save_final(self, trainer) -> None:
+        """Save the final state as ``last.ckpt`` unless this step is saved already (or saving is off)."""
+        if self.save_last and not self.should_skip_saving(trainer):
+            self._save_final(trainer)
 
     def _save_final(self, trainer) -> None:
         if self.save_last == "link":  # no step file holds this step: a link would point to an older one
@@ -211,6 +216,19 @@ class AtomicModelCheckpoint(CheckpointCallbackBase):
         self.last_model_path = path  # part of the saved state, as in ModelCheckpoint._save_last_checkpoint
         self.save_checkpoint_file(trainer, path)
         return path
+
+
+def save_final_checkpoint(trainer) -> None:
+    """Write the final ``last.ckpt`` now, before any end-of-run evaluation.
+
+    Lightning calls the checkpoint callbacks' ``on_train_end`` after every other callback's, so an end-of-run
+    sample grid, metric or likelihood that raises would otherwise stop the run before its final state is saved
+    (runs that end by epochs or time; a ``max_steps`` run saves its last step at ``on_train_batch_end``). End-of-run
+    callbacks call this first (:class:`diffexp.callbacks.periodic.PeriodicCallback`); the save of a step happens
+    once (the callback records the step it saved), so the later ``on_train_end`` does not repeat it."""
+    for cb in getattr(trainer, "checkpoint_callbacks", None) or []:
+        if isinstance(cb, AtomicModelCheckpoint):
+            cb.save_final(trainer)
 
 
 def stop_signal(trainer) -> int | None:

@@ -1,12 +1,13 @@
 """The schedule shared by the sample-grid, metrics and likelihood callbacks: every N optimizer steps and
 once more at the end of training (unless that step was just done, or a SIGTERM/SIGINT is stopping the run:
-then the job saves and exits, see :func:`diffexp.checkpoint.stop_signal`)."""
+then the job saves and exits, see :func:`diffexp.checkpoint.stop_signal`). The end-of-run evaluation runs after
+the final ``last.ckpt`` is written (:func:`diffexp.checkpoint.save_final_checkpoint`)."""
 
 from __future__ import annotations
 
 import lightning as L
 
-from diffexp.checkpoint import stop_signal
+from diffexp.checkpoint import save_final_checkpoint, stop_signal
 
 
 class PeriodicCallback(L.Callback):
@@ -31,4 +32,7 @@ class PeriodicCallback(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.at_end and trainer.global_step != self._last_step and stop_signal(trainer) is None:
+            # Lightning runs the checkpoint callback's on_train_end after this one: save the final last.ckpt
+            # first, so that an evaluation that fails cannot lose the trained state.
+            save_final_checkpoint(trainer)
             self.evaluate(trainer, pl_module)
