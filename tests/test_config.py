@@ -78,11 +78,16 @@ def _instantiate_option(cfg: DictConfig, group: str) -> None:
 
         assert build_process(cfg).name == OmegaConf.select(cfg, "hydra.runtime.choices.process")
         return
+    if group == "distill":  # a method: its objective (the teacher is loaded lazily) and the wrapper it trains
+        assert type(instantiate(node.objective)).__name__ in ("ProgressiveDistillation", "ConsistencyDistillation",
+                                                              "ConsistencyTraining")
+        assert node.precondition in ("none", "consistency")
+        return
     obj = instantiate(node)
     assert obj is not None
 
 
-CONFIG_OF_GROUP = {"autoencoder": "train_autoencoder"}  # groups of another entry point's config
+CONFIG_OF_GROUP = {"autoencoder": "train_autoencoder", "distill": "distill"}  # groups of another entry point's config
 
 
 @pytest.mark.parametrize("group,option", all_options())

@@ -17,7 +17,7 @@ from diffexp.distill import (
     pd_grid,
     pd_target,
 )
-from diffexp.distill.consistency import consistency_fn, distance, teacher_step
+from diffexp.distill.consistency import consistency_fn, distance, teacher_step, time_fn
 from diffexp.distill.progressive import DATA, nested_grids
 from diffexp.models import MLP
 from diffexp.oracles import GaussianMixtureOracle, GaussianOracle
@@ -49,12 +49,12 @@ def test_boundary_condition_is_exact(family):
             p.add_(torch.randn_like(p))  # F far from zero: only the coefficients can make f the identity
     x = torch.randn(64, 2, dtype=torch.float64).float() * 3
     sigma_min = torch.full((64,), process.sigma_range()[0], dtype=torch.float64)
-    f = consistency_fn(net, process, x, sigma_min)
+    f = consistency_fn(time_fn(net, process), process, x, sigma_min)
     assert torch.equal(f, x)
     c_skip, c_out, _ = consistency_coefficients(sigma_min, net.sigma_min, net.sigma_data)
     assert torch.equal(c_skip, torch.ones_like(c_skip)) and torch.equal(c_out, torch.zeros_like(c_out))
     # and away from σ_min the network does matter
-    assert not torch.allclose(consistency_fn(net, process, x, sigma_min * 10), x, atol=1e-3)
+    assert not torch.allclose(consistency_fn(time_fn(net, process), process, x, sigma_min * 10), x, atol=1e-3)
 
 
 def test_one_step_consistency_sampler_is_f_at_sigma_max():
@@ -64,7 +64,7 @@ def test_one_step_consistency_sampler_is_f_at_sigma_max():
     x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(3))
     got = ConsistencySampler(steps=1)(model, x_T=x_T)
     sigma_max = process.sigma_range()[1]
-    want = consistency_fn(net, process, x_T * process.ve_prior_scale(sigma_max), torch.full((32,), sigma_max, dtype=torch.float64))
+    want = consistency_fn(time_fn(net, process), process, x_T * process.ve_prior_scale(sigma_max), torch.full((32,), sigma_max, dtype=torch.float64))
     torch.testing.assert_close(got, want.detach(), rtol=1e-6, atol=1e-6)
 
 

@@ -85,7 +85,7 @@ def test_skip_alone_is_the_exact_denoiser_of_gaussian_data(process):
 
 
 def test_unknown_preconditioning_and_bad_sigma_data():
-    with pytest.raises(ValueError, match="valid: \\['none', 'edm'\\]"):
+    with pytest.raises(ValueError, match="valid: \\['none', 'edm', 'consistency'\\]"):
         precondition(Zero(), None, "karras")
     with pytest.raises(ValueError, match="sigma_data"):
         EDMPreconditioned(Zero(), None, sigma_data=0.0)

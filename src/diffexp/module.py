@@ -79,6 +79,8 @@ class DiffusionModule(L.LightningModule):
             raise ValueError(f"module.precondition={precondition} makes the network predict x0; set prediction=x0")
         self.net = net = precondition_net(net, process, precondition, sigma_data)
         self.objective = objective
+        if hasattr(objective, "bind"):  # distillation objectives keep a target copy of the network (diffexp.distill)
+            objective.bind(net)
         self.prediction = process.check_prediction(prediction)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -271,6 +273,8 @@ class DiffusionModule(L.LightningModule):
             self.ema.update(self.net)
         if self.phema is not None and not self._skip_ema:
             self.phema.update(self.net)
+        if hasattr(self.objective, "after_optimizer_step") and not self._skip_ema:
+            self.objective.after_optimizer_step(self.net)  # e.g. the consistency target network θ⁻
         self._skip_ema = False
 
     def _eval_step(self, batch, batch_idx, prefix: str):

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-PRECONDITIONINGS = ("none", "edm")
+PRECONDITIONINGS = ("none", "edm", "consistency")
 
 
 def edm_coefficients(a: Tensor, s: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -67,9 +67,14 @@ class EDMPreconditioned(nn.Module):
 
 
 def precondition(net: nn.Module, process, kind: str = "none", sigma_data: float = 0.5) -> nn.Module:
-    """``net`` itself for ``none``; the EDM-preconditioned wrapper for ``edm``."""
+    """``net`` itself for ``none``; the EDM-preconditioned wrapper for ``edm``; the consistency function of
+    Song et al. 2023 for ``consistency`` (models of ``distill.py``)."""
     if kind == "none":
         return net
     if kind == "edm":
         return EDMPreconditioned(net, process, sigma_data)
+    if kind == "consistency":  # f = c_skip x + c_out F with f(x, σ_min) = x (diffexp.distill.parameterization)
+        from diffexp.distill.parameterization import ConsistencyParameterization
+
+        return ConsistencyParameterization(net, process, sigma_data)
     raise ValueError(f"unknown precondition {kind!r}; valid: {list(PRECONDITIONINGS)}")

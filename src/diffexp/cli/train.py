@@ -71,7 +71,9 @@ def _exit_after_signal(signum: int | None, callbacks, trainer) -> None:
     sys.exit(128 + signum)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, prepare_module=None) -> dict[str, float]:
+    """``prepare_module(module)``: called once the module is built, before the Trainer (distill.py: the
+    student starts from the teacher's weights)."""
     out_dir = Path(cfg.paths.output_dir)
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):  # (the data config reads it too)
@@ -86,6 +88,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if hasattr(datamodule, "check"):  # files present and readable, values finite, batch <= split: before the Trainer
         datamodule.check(planned_world_size(cfg))
     module = build_module(cfg, data_info(datamodule))  # a model that cannot take the data: ConfigError too
+    if prepare_module is not None:
+        prepare_module(module)
     if cfg.get("print_config", True):
         print_config_tree(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"))

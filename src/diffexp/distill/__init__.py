@@ -9,10 +9,14 @@ from diffexp.distill.consistency import (
     ict_num_levels,
     karras_levels,
 )
+from diffexp.distill.objectives import ConsistencyDistillation, ConsistencyTraining, ProgressiveDistillation
 from diffexp.distill.parameterization import ConsistencyParameterization, consistency_coefficients
 from diffexp.distill.progressive import pd_grid, pd_loss, pd_target
 
 __all__ = [
+    "ConsistencyDistillation",
+    "ConsistencyTraining",
+    "ProgressiveDistillation",
     "DISTANCES",
     "ConsistencyParameterization",
     "consistency_coefficients",

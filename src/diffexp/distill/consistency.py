@@ -78,11 +78,16 @@ def _at_level(process, x_ve: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     return a.to(x_ve.dtype) * x_ve, t
 
 
-def consistency_fn(net, process, x_ve: Tensor, sigma: Tensor, y: Tensor | None = None) -> Tensor:
-    """f(x̃, σ): the consistency network's x_0 estimate at per-sample VE levels σ."""
+def time_fn(net, process):
+    """``fn(x_t, t, y)`` at process time t for a network obeying the contract (it receives net_time(t))."""
+    return lambda x_t, t, y=None: net(x_t, process.net_time(t)) if y is None else net(x_t, process.net_time(t), y=y)
+
+
+def consistency_fn(fn, process, x_ve: Tensor, sigma: Tensor, y: Tensor | None = None) -> Tensor:
+    """f(x̃, σ): the x_0 estimate of the consistency network ``fn(x_t, t, y)`` (process time, as the module's
+    net_fn) at per-sample VE levels σ."""
     x_t, t = _at_level(process, x_ve, sigma)
-    net_t = process.net_time(t if not process.is_discrete else t.to(torch.float64))
-    return net(x_t, net_t) if y is None else net(x_t, net_t, y=y)
+    return fn(x_t, t, y)
 
 
 @torch.no_grad()
@@ -114,8 +119,8 @@ def _pair(levels: Tensor, n: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
 def consistency_distillation_loss(student, target, teacher, x0: Tensor, levels: Tensor, *, solver: str = "heun",
                                   distance_kind: str = "l2", generator=None, y=None) -> LossOutput:
     """CD loss (Song et al. 2023, eq. 7, λ = 1) over the ascending grid ``levels``: draws n uniformly in
-    [0, N−2], then z, from ``generator``. ``student``/``target`` are consistency networks (the target under
-    no_grad), ``teacher`` a Denoiser."""
+    [0, N−2], then z, from ``generator``. ``student``/``target`` are consistency networks as ``fn(x_t, t, y)`` at
+    process time (the target under no_grad), ``teacher`` a Denoiser."""
     process = teacher.process
     n = torch.randint(0, levels.numel() - 1, (x0.shape[0],), generator=generator, device=generator.device if generator else None).to(x0.device)
     z = torch.randn(x0.shape, generator=generator, device=generator.device if generator else None).to(x0)
