@@ -118,3 +118,17 @@ def test_user_errors_name_the_key(tmp_path):
         distill(compose("distill", COMMON + ["distill=consistency_distillation"], tmp_path))
     with pytest.raises(UserError, match="not found"):
         distill(distill_cfg(tmp_path, tmp_path / "nope.ckpt", "progressive"))
+
+
+def test_method_alias_and_config_errors(tmp_path, monkeypatch):
+    import sys
+
+    import diffexp.cli.distill as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_main", lambda: seen.append(list(sys.argv)))
+    monkeypatch.setattr(sys, "argv", ["distill.py", "teacher=x.ckpt", "method=progressive"])
+    cli.main()
+    assert seen == [["distill.py", "teacher=x.ckpt", "distill=progressive"]]
+    with pytest.raises(UserError, match="trainer.max_steps"):  # an epoch-based run has no length for N(k)
+        distill(compose("distill", COMMON + ["model=mlp", "distill=consistency_training", "trainer.max_steps=-1", "trainer.max_epochs=1"], tmp_path))

@@ -166,6 +166,9 @@ class ConsistencyTraining(_Consistency):
                  target_decay: float = 0.0, distance: str = "pseudo_huber", **kw):
         kw.pop("teacher", None)
         super().__init__(None, target_decay=target_decay, distance=distance, **kw)
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps={total_steps!r}: the N(k) curriculum needs the run's length in optimizer "
+                             "steps (a positive integer; it defaults to trainer.max_steps, so set that)")
         self.total_steps, self.s0, self.s1, self.p_mean, self.p_std = int(total_steps), int(s0), int(s1), p_mean, p_std
 
     def loss(self, net_fn, x0, process, prediction, generator=None, y=None):
