@@ -132,3 +132,12 @@ def test_method_alias_and_config_errors(tmp_path, monkeypatch):
     assert seen == [["distill.py", "teacher=x.ckpt", "distill=progressive"]]
     with pytest.raises(UserError, match="trainer.max_steps"):  # an epoch-based run has no length for N(k)
         distill(compose("distill", COMMON + ["model=mlp", "distill=consistency_training", "trainer.max_steps=-1", "trainer.max_epochs=1"], tmp_path))
+
+
+def test_consistency_runs_draw_sample_grids_at_1_2_4_nfe(teacher, tmp_path):
+    cfg = distill_cfg(tmp_path, teacher, "consistency_distillation",
+                      ["callbacks=[model_checkpoint,sample]", "callbacks.sample.num_samples=4", "trainer.max_steps=2"])
+    distill(cfg)
+    names = sorted(p.name for p in (tmp_path / "student" / "samples").rglob("*") if p.is_file())
+    for nfe in (1, 2, 4):
+        assert any(f"consistency-{nfe}" in n for n in names), names

@@ -52,7 +52,23 @@ def student_config(cfg: DictConfig, teacher_cfg: dict | None) -> DictConfig:
         cfg.module.precondition = cfg.distill.precondition
         if method != "progressive":
             cfg.prediction = "x0"  # f estimates x_0
+            _more_sample_grids(cfg)
     return cfg
+
+
+def _more_sample_grids(cfg: DictConfig) -> None:
+    """Consistency models: besides the run's sampler (``sampler.steps``), sample grids at each of
+    ``distill.grid_steps`` (1 and 4 NFE) with the same callback settings (keys samples/consistency-<n>)."""
+    callbacks = cfg.get("callbacks")
+    if not callbacks or "sample" not in callbacks:
+        return
+    sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
+    for steps in cfg.distill.get("grid_steps") or []:
+        if steps == sampler.get("steps"):
+            continue
+        node = OmegaConf.to_container(callbacks.sample, resolve=True)
+        node["sampler"] = {**sampler, "steps": int(steps)}
+        callbacks[f"sample_{steps}nfe"] = node
 
 
 def init_from(teacher_path: str | None, method: str):
