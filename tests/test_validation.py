@@ -177,3 +177,22 @@ def test_image_size_the_model_cannot_take_names_the_keys(tmp_path, overrides, ne
         train(cfg)
     assert all(n in str(e.value) for n in needles), str(e.value)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["schedule=cosine", "schedule.num_timesteps=50", "++schedule.num_timesteps=100"])
+def test_schedule_overrides_on_a_continuous_process_are_rejected(tmp_path, override):
+    """process=flow (or any continuous family) has its own alpha(t), sigma(t): a schedule override would be ignored."""
+    cfg = compose("train", TOY + ["process=flow", "prediction=velocity", "objective=flow_matching", override], tmp_path)
+    with pytest.raises(ConfigError) as e:
+        validate_config(cfg, instantiate(cfg.data))
+    assert f"{override} with process=flow" in str(e.value) and "only applies to process=ddpm" in str(e.value)
+
+
+def test_the_default_schedule_does_not_trip_the_continuous_process_check(tmp_path):
+    """train.yaml composes `schedule: linear` for every run: without a user override, process=flow is valid;
+    with process=ddpm, schedule overrides are what the schedule group is for."""
+    flow = compose("train", TOY + ["process=flow", "prediction=velocity", "objective=flow_matching"], tmp_path)
+    assert flow.schedule._target_ == "diffexp.schedules.linear"
+    validate_config(flow, instantiate(flow.data))
+    ddpm = compose("train", TOY + ["process=ddpm", "schedule=cosine", "schedule.num_timesteps=50"], tmp_path)
+    validate_config(ddpm, instantiate(ddpm.data))

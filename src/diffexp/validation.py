@@ -383,6 +383,41 @@ def _check_process(cfg: DictConfig, schedule, prediction, errors: list[str]):
     return process
 
 
+def _hydra_node(cfg: DictConfig):
+    """The Hydra settings of the run that composed ``cfg``: its ``hydra`` key (configs composed with
+    ``return_hydra_config``), else those of the running ``@hydra.main`` app, else None (a hand-made config)."""
+    node = cfg.get("hydra") if isinstance(cfg, DictConfig) else None
+    if node is not None:
+        return node
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def _check_schedule_overrides(cfg: DictConfig, errors: list[str]) -> None:
+    """``schedule`` (the beta_t of ``diffexp.schedules``) only feeds ``process=ddpm``; the continuous families
+    (vp_sde, subvp_sde, ve, edm, flow) define their own alpha(t), sigma(t) and never read it. A ``schedule=...`` or
+    ``schedule.*`` override given with such a process would be silently ignored: rejected. The ``schedule: linear``
+    that train.yaml composes by default is not an override (Hydra's task overrides are what the user typed)."""
+    from diffexp.build import is_ddpm
+
+    hydra = _hydra_node(cfg)
+    if is_ddpm(cfg) or hydra is None:
+        return
+    try:
+        task = [str(o) for o in hydra.overrides.task]
+        process = hydra.runtime.choices.get("process")
+    except Exception:  # noqa: BLE001 -- a partial hydra node: nothing to compare against
+        return
+    keys = {o: o.split("=", 1)[0].lstrip("+") for o in task if not o.startswith("~")}  # ~schedule: not a setting
+    found = [o for o, k in keys.items() if k == "schedule" or k.startswith(("schedule.", "schedule@"))]
+    if found:
+        process = process or str(cfg.process.get("_target_", "?")).rsplit(".", 1)[-1]
+        errors.append(f"{', '.join(found)} with process={process}: `schedule` only applies to process=ddpm (the "
+                      f"{process} process defines its own alpha(t), sigma(t); its parameters are process.*, see "
+                      f"docs/processes.md); drop the schedule override or use process=ddpm")
+
+
 def validate_config(cfg: DictConfig, datamodule=None) -> None:
     """Raise :class:`ConfigError` listing every problem of ``cfg`` (see the module docstring)."""
     from diffexp.process import PREDICTION_TARGETS
@@ -399,6 +434,7 @@ def validate_config(cfg: DictConfig, datamodule=None) -> None:
         except (ValueError, TypeError) as e:
             errors.append(f"schedule ({cfg.schedule.get('_target_', '?')}): {e}")
     process = _check_process(cfg, schedule, prediction, errors)
+    _check_schedule_overrides(cfg, errors)
     _check_samplers(cfg, process, errors)
     _check_objective(cfg, schedule, errors)
     _check_objective_on_process(cfg, process, errors)
