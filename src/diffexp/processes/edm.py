@@ -20,6 +20,7 @@ from diffexp.processes.base import Process, in_time_dtype
 
 class EDMProcess(Process):
     name = "edm"
+    uniform_spacing = "karras"  # EDM's own discretisation (Karras et al. 2022, eq. 5), not uniform σ
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
         if not 0 < sigma_min < sigma_max or sigma_data <= 0:

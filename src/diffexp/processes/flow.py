@@ -7,15 +7,16 @@ straight and fast'; Lipman et al. 2023, 'Flow matching', §4.1 with σ_min = 0; 
 In VE terms σ_VE = t/(1 − t) and t = σ_VE/(1 + σ_VE). Training uses all of [0, 1]. Two conversions are
 singular at an end: ε → x_0 divides by α = 1 − t (t = 1) and x_0 → ε divides by σ = t (t = 0); there α and σ
 are floored at ``conversion_floor`` = 1e-5 when dividing (velocity and v never divide by them: the
-velocity's determinant α σ' − σ α' is 1). The samplers integrate over t ∈ [1e-3, 1 − 1e-3]
-(σ_VE from 1e-3 to 999), starting from x_T ~ N(0, I).
+velocity's determinant α σ' − σ α' is 1). The samplers integrate over t ∈ [sample_eps, 1 − sample_eps]
+narrowed to σ_VE ∈ [sample_sigma_min, sample_sigma_max] (conf/process/flow.yaml: EDM's 0.002 to 80, i.e.
+t from 0.002 to 0.988, instead of σ_VE from 1e-3 to 999), starting from x_T ~ N(0, I).
 """
 
 from __future__ import annotations
 
 import torch
 
-from diffexp.processes.base import Process
+from diffexp.processes.base import Process, _positive_or_none
 
 
 class FlowProcess(Process):
@@ -24,18 +25,21 @@ class FlowProcess(Process):
     prior_std = 1.0
     conversion_floor = 1e-5
 
-    def __init__(self, sample_eps: float = 1e-3):
+    def __init__(self, sample_eps: float = 1e-3, sample_sigma_min: float | None = None,
+                 sample_sigma_max: float | None = None):
         if not 0 < sample_eps < 0.5:
             raise ValueError(f"sample_eps must lie in (0, 0.5), got {sample_eps}")
         self.sample_eps = float(sample_eps)
+        self.sample_sigma_min, self.sample_sigma_max = _positive_or_none(sample_sigma_min, sample_sigma_max)
+        self._sample_range = self._narrowed(self.sample_eps, 1.0 - self.sample_eps)
 
     @property
     def sample_t_min(self) -> float:
-        return self.sample_eps
+        return self._sample_range[0]
 
     @property
     def sample_t_max(self) -> float:
-        return 1.0 - self.sample_eps
+        return self._sample_range[1]
 
     def _scales(self, t):
         return 1.0 - t, t.clone()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffexp.processes.base import Process
+from diffexp.processes.base import Process, _positive_or_none
 
 
 class VPSDEProcess(Process):
@@ -25,17 +25,24 @@ class VPSDEProcess(Process):
     prior_std = 1.0
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-5, t_max: float = 1.0,
-                 sample_t_min: float = 1e-3):
+                 sample_t_min: float = 1e-3, sample_sigma_min: float | None = None,
+                 sample_sigma_max: float | None = None):
         if not 0 < beta_min <= beta_max:
             raise ValueError(f"need 0 < beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}")
         if not 0 < t_min < t_max <= 1 or not t_min <= sample_t_min < t_max:
             raise ValueError(f"need 0 < t_min <= sample_t_min < t_max <= 1, got {t_min}, {sample_t_min}, {t_max}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
-        self.t_min, self.t_max, self._sample_t_min = float(t_min), float(t_max), float(sample_t_min)
+        self.t_min, self.t_max = float(t_min), float(t_max)
+        self.sample_sigma_min, self.sample_sigma_max = _positive_or_none(sample_sigma_min, sample_sigma_max)
+        self._sample_range = self._narrowed(float(sample_t_min), self.t_max)
 
     @property
     def sample_t_min(self) -> float:
-        return self._sample_t_min
+        return self._sample_range[0]
+
+    @property
+    def sample_t_max(self) -> float:
+        return self._sample_range[1]
 
     def beta(self, t: Tensor) -> Tensor:
         return self.beta_min + t * (self.beta_max - self.beta_min)

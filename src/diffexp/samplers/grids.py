@@ -151,9 +151,10 @@ def scales_at(process, t: float) -> tuple[float, float]:
 
 def sampling_times(process, steps: int, spacing: str, shift: float = 3.0, rho: float = 7.0) -> list[float]:
     """The times a first-order sampler in x_t visits, highest first: the grid of :func:`time_grid`, with
-    ``uniform`` read as the family's own time discretisation: uniform t (on ddpm the schedule's uniform
-    indices; on ve uniform t is geometric in σ), except on ``edm``, whose time is σ itself and whose own
-    discretisation is Karras's ρ = 7 (uniform σ from 80 to 0.002 would leave one step below σ = 1.6)."""
+    ``uniform`` read as the family's preferred discretisation, ``process.uniform_spacing``: uniform t (on
+    ddpm the schedule's uniform indices), except on ``edm``, whose time is σ itself and whose own
+    discretisation is Karras's ρ = 7 (uniform σ from 80 to 0.002 would leave one step below σ = 1.6), and
+    on ``ve``, where uniform t is geometric in σ and Karras's grid is the better one (Karras et al. 2022)."""
     if spacing == "uniform":
-        spacing = "karras" if getattr(process, "name", "") == "edm" else "time"
+        spacing = getattr(process, "uniform_spacing", "time")
     return time_grid(process, steps, spacing, rho=rho, shift=shift)
