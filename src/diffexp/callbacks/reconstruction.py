@@ -41,13 +41,6 @@ class ReconstructionCallback(PeriodicCallback):
         self.last_result: dict[str, Any] | None = None
         self.last_paths: list[Path] = []
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        """The final evaluation waits for on_fit_end: Lightning runs checkpoint callbacks' on_train_end last, and the
-        final checkpoint (with its scale factor) must exist even if scoring the reconstructions fails."""
-
-    def on_fit_end(self, trainer, pl_module) -> None:
-        super().on_train_end(trainer, pl_module)
-
     def _split(self, dm) -> str:
         splits = getattr(dm, "splits", (self.split,))
         return next(s for s in (self.split, "val", "train") if s in splits)
