@@ -90,7 +90,8 @@ def check_against_checkpoint(cfg: DictConfig, module) -> None:
     errors = check_samplers(cfg, module.process)
     k = module.num_classes
     label = cfg.get("class_label")
-    if k is None and (label is not None or cfg.get("guidance_scale", 1.0) != 1.0):
+    classifier = OmegaConf.select(cfg, "guidance.name", default="none") == "classifier"  # labels for the classifier
+    if k is None and (label is not None and not classifier or cfg.get("guidance_scale", 1.0) != 1.0):
         key = f"class_label={label}" if label is not None else f"guidance_scale={cfg.guidance_scale}"
         source = cfg.get("ckpt_path") or cfg.get("pretrained")
         errors.append(f"{key}: needs a class-conditional checkpoint, but {source} is unconditional")

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from diffexp.atomic import atomic_write_json  # noqa: E402
 from diffexp.cli.checks import check_against_checkpoint, check_sample_config  # noqa: E402
+from diffexp.guidance.noisy_classifier import classifier_guidance_from_config  # noqa: E402
 from diffexp.images import samples_to_image, save_png, to_uint8  # noqa: E402
 from diffexp.interop.pretrained import load_model  # noqa: E402
 from diffexp.latent import image_range, to_images  # noqa: E402
@@ -38,10 +39,12 @@ def pick_device(name: str) -> torch.device:
 
 
 def generate(module, sampler, num_samples: int, seed: int, batch_size: int, ema: bool = True,
-             labels: torch.Tensor | None = None, guidance_scale: float = 1.0, device=None) -> torch.Tensor:
+             labels: torch.Tensor | None = None, guidance_scale: float = 1.0, device=None,
+             classifier_guidance=None) -> torch.Tensor:
     """Samples for seeds seed..seed+n-1 in batches (per-sample seeds: batch size does not matter)."""
     device = device or next(module.parameters()).device
     denoiser = module.denoiser(ema=ema)
+    denoiser.classifier_guidance = classifier_guidance  # diffexp.guidance: acts whenever labels are given
     out = []
     for start in range(0, num_samples, batch_size):
         seeds = list(range(seed + start, seed + min(num_samples, start + batch_size)))
@@ -66,11 +69,14 @@ def sample(cfg: DictConfig) -> dict:
     T = module.process.num_timesteps
     nfe = sampler.nfe(T)
     labels = None
-    if module.num_classes is not None:
+    guidance = classifier_guidance_from_config(cfg, device)
+    num_classes = module.num_classes or (guidance.classifier.num_classes if guidance is not None else None)
+    if num_classes is not None:
         labels = (torch.full((cfg.num_samples,), int(cfg.class_label)) if cfg.class_label is not None
-                  else torch.arange(cfg.num_samples) % module.num_classes)
+                  else torch.arange(cfg.num_samples) % num_classes)
     start = time.time()
-    x = generate(module, sampler, cfg.num_samples, cfg.seed, cfg.batch_size, cfg.ema, labels, cfg.guidance_scale, device)
+    x = generate(module, sampler, cfg.num_samples, cfg.seed, cfg.batch_size, cfg.ema, labels, cfg.guidance_scale, device,
+                 classifier_guidance=guidance)
     elapsed = time.time() - start
     arrays = {"seeds": np.arange(cfg.seed, cfg.seed + cfg.num_samples)}
     if x.ndim == 4:
@@ -94,6 +100,7 @@ def sample(cfg: DictConfig) -> dict:
         "seeds": [cfg.seed, cfg.seed + cfg.num_samples - 1],
         "guidance_scale": cfg.guidance_scale,
         "class_label": cfg.class_label,
+        "classifier_guidance": None if guidance is None else {"scale": guidance.scale, "classifier_ckpt": cfg.classifier_ckpt},
         "device": str(device),
         "seconds": elapsed,
         "samples": str(out_dir / "samples.npz"),
