@@ -1,4 +1,4 @@
-"""model.learn_sigma=true through the shipped configs: trains with objective=hybrid on vector and image nets,
+"""+model.learn_sigma=true through the shipped configs: trains with objective=hybrid on vector and image nets,
 samples (also respaced) and reports the bound with Σ_θ; every invalid combination is a ConfigError."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ TOY = ["data=toy2d", "data.num_train=64", "data.num_val=16", "data.num_test=16",
        "model.num_blocks=1", "model.time_embed_dim=16"]
 UNET = ["data=digits", "data.subset=64", "model=unet", "model.base_channels=8", "model.channel_mult=[1,2]",
         "model.attention_resolutions=[4]", "model.num_res_blocks=1"]
-LEARNED = ["model.learn_sigma=true", "objective=hybrid"]
+LEARNED = ["+model.learn_sigma=true", "objective=hybrid"]
 INFO = {"data_shape": [2], "num_classes": None, "data_range": None}
 
 
@@ -48,10 +48,10 @@ def test_trains_samples_and_bounds_with_learned_sigma(data, tmp_path):
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (["objective=hybrid"], "objective=hybrid is Nichol & Dhariwal's L_hybrid.*model.learn_sigma=true.*objective=hybrid_fixed"),
-    (["model.learn_sigma=true", "objective=simple"], "model.learn_sigma=true needs objective=hybrid"),
-    (["model.learn_sigma=true", "objective=hybrid", "process=vp_sde"], "model.learn_sigma=true .*process=ddpm"),
-    (["model.learn_sigma=true", "objective=hybrid", "+model.energy=true"], "model.energy=true"),
+    (["objective=hybrid"], r"objective=hybrid is Nichol & Dhariwal's L_hybrid.*\+model.learn_sigma=true.*objective=hybrid_fixed"),
+    (["+model.learn_sigma=true", "objective=simple"], r"\+model.learn_sigma=true needs objective=hybrid"),
+    (["+model.learn_sigma=true", "objective=hybrid", "process=vp_sde"], r"\+model.learn_sigma=true .*process=ddpm"),
+    (["+model.learn_sigma=true", "objective=hybrid", "+model.energy=true"], "model.energy=true"),
 ])
 def test_invalid_learn_sigma_configs(overrides, needle, tmp_path):
     cfg = compose("train", TOY + STEPS + QUIET + overrides, tmp_path)

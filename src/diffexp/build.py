@@ -129,7 +129,7 @@ def build_process(cfg: DictConfig, schedule=None):
 
 
 def check_learn_sigma(cfg: DictConfig, process, objective) -> None:
-    """model.learn_sigma=true (Σ_θ of Nichol & Dhariwal) needs the ddpm chain, objective=hybrid (the loss that
+    """+model.learn_sigma=true (Σ_θ of Nichol & Dhariwal) needs the ddpm chain, objective=hybrid (the loss that
     trains Σ_θ), a raw network (no energy wrapper or preconditioning); objective=hybrid needs learn_sigma."""
     learn = bool(cfg.model.get("learn_sigma", False))
     if getattr(objective, "needs_learn_sigma", False) and not learn:
@@ -139,17 +139,17 @@ def check_learn_sigma(cfg: DictConfig, process, objective) -> None:
     if not learn:
         return
     if not process.is_discrete:
-        raise ConfigError(f"model.learn_sigma=true interpolates between β_t and β̃_t of the discrete ddpm chain; "
+        raise ConfigError(f"+model.learn_sigma=true interpolates between β_t and β̃_t of the discrete ddpm chain; "
                           f"process={process.name} has none. Use process=ddpm or model.learn_sigma=false")
     if not getattr(objective, "needs_learn_sigma", False):
-        raise ConfigError(f"model.learn_sigma=true needs objective=hybrid (the loss that trains Σ_θ), got "
+        raise ConfigError(f"+model.learn_sigma=true needs objective=hybrid (the loss that trains Σ_θ), got "
                           f"objective={getattr(objective, 'objective_name', type(objective).__name__)}")
     if cfg.model.get("energy", False):
-        raise ConfigError("model.learn_sigma=true cannot be combined with model.energy=true (the energy's "
+        raise ConfigError("+model.learn_sigma=true cannot be combined with model.energy=true (the energy's "
                           "gradient has the data's channels only)")
     precondition = OmegaConf.select(cfg, "module.precondition", default="none")
     if precondition not in (None, "none"):
-        raise ConfigError(f"model.learn_sigma=true with module.precondition={precondition}: the variance "
+        raise ConfigError(f"+model.learn_sigma=true with module.precondition={precondition}: the variance "
                           "channels are raw network outputs; use module.precondition=none")
 
 

@@ -5,7 +5,7 @@ This is what samplers, metrics and the likelihood evaluator receive: calling it 
 so no sampler ever depends on the prediction target. Classifier-free guidance (Ho & Salimans 2022)
 also lives here, once, so every sampler can guide: the conditional and unconditional passes run as
 one batch and are combined as ε̃ = ε_u + w (ε_c - ε_u), with x̂_0 combined by the same weights.
-A learned-variance network (``model.learn_sigma=true``) has its variance channels split off here
+A learned-variance network (``+model.learn_sigma=true``) has its variance channels split off here
 (:func:`split`) and passed on as ``Prediction.var_frac``; the guided prediction keeps the conditional v.
 Classifier guidance (Dhariwal & Nichol 2021, :mod:`diffexp.guidance`) lives here too, composed after the
 classifier-free combination: ε̃ = ε̂ − s σ_t ∇_x log p_φ(y|x_t) (``denoiser.classifier_guidance``).

@@ -1,4 +1,4 @@
-"""Learned reverse variances (Nichol & Dhariwal 2021, "Improved DDPM", §3.1): ``model.learn_sigma=true``.
+"""Learned reverse variances (Nichol & Dhariwal 2021, "Improved DDPM", §3.1): ``+model.learn_sigma=true``.
 
 The network is built with twice the data's output channels (``out_channels = 2 C``, which every diffexp
 network factory accepts) and its output is read as [mean output | v-output] along dim 1. The first C
@@ -35,7 +35,7 @@ class LearnedVarianceNet(nn.Module):
         out = self.net(x, t) if y is None else self.net(x, t, y=y)
         if out.shape[1] != 2 * self.channels:
             raise ValueError(
-                f"model.learn_sigma=true needs a network with 2*{self.channels} output channels, got {out.shape[1]}"
+                f"+model.learn_sigma=true needs a network with 2*{self.channels} output channels, got {out.shape[1]}"
             )
         return out
 

@@ -1,6 +1,6 @@
 """L_hybrid = L_simple + λ L_vlb with learned variances (Nichol & Dhariwal 2021 eq. 16, λ = 0.001).
 
-Needs ``model.learn_sigma=true`` (:mod:`diffexp.models.learned_variance`): the network outputs the mean
+Needs ``+model.learn_sigma=true`` (:mod:`diffexp.models.learned_variance`): the network outputs the mean
 output and the fraction v of Σ_θ = exp(v log β_t + (1 - v) log β̃_t). As in improved-diffusion
 (``training_losses`` with ``LossType.RESCALED_MSE``/``MSE`` and learned range):
 
@@ -22,14 +22,14 @@ from diffexp.objectives.elbo import ELBOObjective
 from diffexp.objectives.simple import SimpleObjective
 
 NEEDS_LEARN_SIGMA = (
-    "objective=hybrid is Nichol & Dhariwal's L_hybrid, which trains learned variances: set model.learn_sigma=true, "
+    "objective=hybrid is Nichol & Dhariwal's L_hybrid, which trains learned variances: set +model.learn_sigma=true, "
     "or use objective=hybrid_fixed for L_simple + 0.001 L_vlb with a fixed reverse variance"
 )
 
 
 class HybridObjective(ELBOObjective):
     objective_name = "hybrid"
-    needs_learn_sigma = True  # read by diffexp.build: a config without model.learn_sigma=true is rejected
+    needs_learn_sigma = True  # read by diffexp.build: a config without +model.learn_sigma=true is rejected
 
     def __init__(
         self,

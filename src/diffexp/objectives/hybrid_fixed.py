@@ -1,6 +1,6 @@
 """``objective=hybrid_fixed``: L_simple + λ L_vlb (the form of Nichol & Dhariwal 2021 eq. 16, λ = 0.001) with a
 FIXED reverse variance — not the paper's L_hybrid, which learns Σ (that is ``objective=hybrid`` with
-``model.learn_sigma=true``, :mod:`diffexp.objectives.hybrid`). Before learned variances this was ``hybrid``.
+``+model.learn_sigma=true``, :mod:`diffexp.objectives.hybrid`). Before learned variances this was ``hybrid``.
 
 As in improved-diffusion, L_vlb for one sampled t is the term T · L_{t-1} in bits/dim (L_T is constant
 in θ and left out), so per_sample = w_simple · MSE(target) + λ · T · L_{t-1}/(D ln 2). improved-diffusion

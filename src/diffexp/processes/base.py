@@ -63,7 +63,7 @@ class Prediction:
     d_signal_scale: Tensor | None = None  # dα/dt
     d_noise_scale: Tensor | None = None  # dσ/dt
     # Learned-variance fraction v of Σ_θ = exp(v log β_t + (1-v) log β̃_t) (Nichol & Dhariwal eq. 15), from a
-    # network with model.learn_sigma=true; None for fixed reverse variances (diffexp.models.learned_variance).
+    # network with +model.learn_sigma=true; None for fixed reverse variances (diffexp.models.learned_variance).
     var_frac: Tensor | None = None
 
     @property
