@@ -90,3 +90,24 @@ def test_guidance_in_eps_form_and_composes_with_clipping():
     assert float(clipped.x0.abs().max()) <= 1.0
     with pytest.raises(ValueError, match="non-negative"):
         ClassifierGuidance(classifier, scale=-1)
+
+
+def test_guidance_is_finite_where_alpha_is_zero():
+    """At the last step of a zero-terminal-SNR schedule (α = 0) x_t carries no information about y: x̃_0 stays
+    x̂_0 (no division by α), ε̃ is still shifted, everything finite — with v and x0 targets (issue 17 §1 for CFG)."""
+    process = DiffusionProcess(S.linear(200, zero_terminal_snr=True))
+    assert float(process.schedule.alphas_cumprod[-1]) == 0.0
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    t = torch.full((6,), 199)
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    for prediction in ("v", "x0"):
+        oracle = GaussianMixtureOracle(WEIGHTS, MEANS, 0.25, process, prediction=prediction)
+        classifier = MixtureClassifierOracle(GaussianMixtureOracle(WEIGHTS, MEANS, 0.25, process), PI).double()
+        den = Denoiser(oracle, process, prediction=prediction, data_range=None)
+        plain = den(x, t)
+        den.classifier_guidance = ClassifierGuidance(classifier, scale=3.0)
+        guided = den(x, t, y=y)
+        assert torch.isfinite(guided.x0).all() and torch.isfinite(guided.eps).all(), prediction
+        torch.testing.assert_close(guided.x0, plain.x0)
+        clipped = den(x, t, y=y, clip=(-1.0, 1.0))
+        assert torch.isfinite(clipped.eps).all() and float(clipped.x0.abs().max()) <= 1.0

@@ -4,8 +4,9 @@
 
 (their eq. 14 with √(1−ᾱ_t) = σ_t, written for any process x_t = α_t x_0 + σ_t ε). Since ε = −σ_t ∇ log p_t,
 this is the score of p_t(x_t) p_φ(y|x_t)^s; at s = 1 with the exact classifier it is exactly the score of
-p_t(x_t | y). x̂_0 moves with it: x̃_0 = (x_t − σ_t ε̃)/α_t = x̂_0 + s (σ_t²/α_t) ∇ log p_φ (undefined where
-α_t = 0, the last step of a zero-terminal-SNR schedule). Because the change is made on the prediction, every
+p_t(x_t | y). x̂_0 moves with it: x̃_0 = (x_t − σ_t ε̃)/α_t = x̂_0 + s (σ_t²/α_t) ∇ log p_φ. Where α_t = 0 (the
+last step of a zero-terminal-SNR schedule) x_t carries no information about y, so the exact p(y|x_t) = p(y)
+has zero gradient there and x̃_0 = x̂_0 is kept (never a division by α = 0; ε̃ is still shifted). Because the change is made on the prediction, every
 sampler (ancestral, DDIM, ODE/SDE solvers) is guided, as in Dhariwal & Nichol's Algorithm 2 for DDIM.
 
 The classifier is any ``nn.Module`` called as ``classifier(x_t, net_time)`` (the same time input as the
@@ -44,8 +45,15 @@ class ClassifierGuidance:
         if self.scale == 0.0:
             out = pred if clip is None else process.predict(pred.x0, pred.x_t, t, "x0", clip=clip)
         else:
-            shift = self.scale * pred.noise_scale * self.grad_log_prob(pred.x_t, t, y, process)
-            out = process.predict(pred.eps - shift, pred.x_t, t, "eps", clip=clip)
+            grad = self.grad_log_prob(pred.x_t, t, y, process)
+            a, s = pred.signal_scale, pred.noise_scale
+            informative = a > 0
+            x0 = pred.x0 + torch.where(informative, self.scale * s**2 / torch.where(informative, a, 1.0), 0.0) * grad
+            eps = pred.eps - self.scale * s * grad
+            if clip is not None:  # clamp x̃_0 and recompute ε̃ from it through the process algebra
+                out = process.predict(x0, pred.x_t, t, "x0", clip=clip)
+            else:
+                out = dataclasses.replace(pred, x0=x0, eps=eps)
         return dataclasses.replace(out, var_frac=pred.var_frac)
 
     def __repr__(self) -> str:
