@@ -94,7 +94,7 @@ def in_time_dtype(out: Tensor, t) -> Tensor:
     return out if torch.is_tensor(t) and t.dtype == torch.float64 else out.float()
 
 
-def _positive_or_none(*values):
+def positive_or_none(*values):
     """The sample_sigma_min/max options: each None or a positive number, min < max."""
     for name, v in zip(("sample_sigma_min", "sample_sigma_max"), values):
         if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from diffexp.processes.base import Process, _positive_or_none
+from diffexp.processes.base import Process, positive_or_none
 
 
 class FlowProcess(Process):
@@ -30,7 +30,7 @@ class FlowProcess(Process):
         if not 0 < sample_eps < 0.5:
             raise ValueError(f"sample_eps must lie in (0, 0.5), got {sample_eps}")
         self.sample_eps = float(sample_eps)
-        self.sample_sigma_min, self.sample_sigma_max = _positive_or_none(sample_sigma_min, sample_sigma_max)
+        self.sample_sigma_min, self.sample_sigma_max = positive_or_none(sample_sigma_min, sample_sigma_max)
         self._sample_range = self._narrowed(self.sample_eps, 1.0 - self.sample_eps)
 
     @property

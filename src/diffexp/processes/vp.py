@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffexp.processes.base import Process, _positive_or_none
+from diffexp.processes.base import Process, positive_or_none
 
 
 class VPSDEProcess(Process):
@@ -33,7 +33,7 @@ class VPSDEProcess(Process):
             raise ValueError(f"need 0 < t_min <= sample_t_min < t_max <= 1, got {t_min}, {sample_t_min}, {t_max}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
         self.t_min, self.t_max = float(t_min), float(t_max)
-        self.sample_sigma_min, self.sample_sigma_max = _positive_or_none(sample_sigma_min, sample_sigma_max)
+        self.sample_sigma_min, self.sample_sigma_max = positive_or_none(sample_sigma_min, sample_sigma_max)
         self._sample_range = self._narrowed(float(sample_t_min), self.t_max)
 
     @property
