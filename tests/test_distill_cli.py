@@ -61,9 +61,10 @@ def test_student_starts_from_the_teacher(method, teacher, tmp_path):
     """PD: the student's network is the teacher's; CD: F inside the consistency wrapper is, and so is θ⁻."""
     extra = ["distill.start_steps=2", "distill.objective.student_steps=1"] if method == "progressive" else []
     cfg = distill_cfg(tmp_path, teacher, method, extra)
-    from diffexp.cli.distill import init_from, student_config
-    from diffexp.build import build_module, data_info
     from hydra.utils import instantiate
+
+    from diffexp.build import build_module, data_info
+    from diffexp.cli.distill import init_from, student_config
 
     scfg = student_config(cfg, read_checkpoint(teacher)["diffexp"]["config"])
     module = build_module(scfg, data_info(instantiate(scfg.data)))

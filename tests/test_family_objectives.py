@@ -13,8 +13,8 @@ from diffexp import schedules as S
 from diffexp.objectives import (
     EDMObjective,
     ELBOObjective,
-    FlowMatchingObjective,
     FixedSigmaHybridObjective,
+    FlowMatchingObjective,
     NCSNObjective,
     ScoreMatchingObjective,
     SimpleObjective,
