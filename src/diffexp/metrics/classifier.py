@@ -7,7 +7,7 @@ layer as the feature space (FID/KID) and its logits for the Inception Score. Suc
 comparable between runs that use the *same* classifier file: its sha256 is part of every metric key.
 
 Training is deterministic for a given seed (CPU), and the result is cached on disk at
-``{cache_dir}/classifiers/{cache_key}-{arch}-{e<epochs>|auto<min_steps>}-s{seed}.pt`` with a JSON file next to it that
+``{cache_dir}/classifiers/{cache_key}-{arch}-{e<epochs>|auto<min_steps>m<min_epochs>}-s{seed}.pt`` with a JSON file next to it that
 records the test accuracy, the training time and the weights' sha256.
 """
 
@@ -98,6 +98,7 @@ def train_classifier(
     num_classes: int | None = None,
     epochs: int | None = None,
     min_steps: int = 300,
+    min_epochs: int = 4,
     batch_size: int = 128,
     lr: float = 3e-3,
     weight_decay: float = 1e-4,
@@ -107,8 +108,9 @@ def train_classifier(
 
     ``data``: a data module (``tensors('train')`` / ``tensors('test')``, ``num_classes``) or a tuple
     ``(x, y)`` with x in [-1, 1], shape (N, C, H, W). ``test_data`` defaults to the module's test
-    split. ``epochs=None`` picks ``max(1, ceil(min_steps / steps_per_epoch))`` (MNIST: 1 epoch,
-    8x8 digits: ~25 epochs). AdamW with a one-cycle schedule; deterministic given ``seed``.
+    split. ``epochs=None`` picks ``max(min_epochs, ceil(min_steps / steps_per_epoch))`` (MNIST: 4 epochs,
+    8x8 digits: ~25). Four MNIST epochs: 98.9 % test accuracy and 96 % of the test images classified with max
+    softmax >= 0.9 (one epoch: 97.7 % and 91 %), so "confidently classified" means something for samples. AdamW with a one-cycle schedule; deterministic given ``seed``.
     Returns ``(model in eval mode, info)`` with ``info['test_accuracy']`` (None without test data).
     """
     x, y = _split_tensors(data, "train")
@@ -122,7 +124,7 @@ def train_classifier(
     model = build_classifier(arch, x.shape[1], num_classes)
     steps_per_epoch = math.ceil(len(x) / batch_size)
     if epochs is None:
-        epochs = max(1, math.ceil(min_steps / steps_per_epoch))
+        epochs = max(min_epochs, math.ceil(min_steps / steps_per_epoch))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
     t0 = time.perf_counter()
@@ -149,10 +151,10 @@ def train_classifier(
 
 
 def classifier_path(cache_dir: str | os.PathLike, cache_key: str, arch: str, epochs: int | None, seed: int,
-                    min_steps: int = 300) -> Path:
+                    min_steps: int = 300, min_epochs: int = 4) -> Path:
     """Cache file of a trained classifier, keyed by the training split's cache_key, arch, training
-    length (``e{epochs}``, or ``auto{min_steps}`` when epochs are chosen automatically) and seed."""
-    length = f"e{epochs}" if epochs is not None else f"auto{min_steps}"
+    length (``e{epochs}``, or ``auto{min_steps}m{min_epochs}`` when epochs are chosen automatically) and seed."""
+    length = f"e{epochs}" if epochs is not None else f"auto{min_steps}m{min_epochs}"
     return Path(cache_dir) / "classifiers" / f"{slug(cache_key)}-{arch}-{length}-s{seed}.pt"
 
 
@@ -163,6 +165,7 @@ def load_or_train_classifier(
     arch: str = "small_cnn",
     epochs: int | None = None,
     min_steps: int = 300,
+    min_epochs: int = 4,
     seed: int = 0,
     **train_kwargs: Any,
 ) -> tuple[SmallCNN, dict, Path]:
@@ -171,7 +174,7 @@ def load_or_train_classifier(
     The file is written atomically; ``info`` (also at ``path.with_suffix('.json')``) holds the test
     accuracy and ``weights_sha256`` of the file. Loading from the cache does not touch the data.
     """
-    path = classifier_path(cache_dir, datamodule.cache_key("train"), arch, epochs, seed, min_steps)
+    path = classifier_path(cache_dir, datamodule.cache_key("train"), arch, epochs, seed, min_steps, min_epochs)
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
         info = json.loads(meta.read_text())
@@ -179,7 +182,8 @@ def load_or_train_classifier(
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval().requires_grad_(False), info, path
     clean_partial_files(path.parent)  # what a killed earlier training left behind
-    model, info = train_classifier(datamodule, arch=arch, epochs=epochs, min_steps=min_steps, seed=seed, **train_kwargs)
+    model, info = train_classifier(datamodule, arch=arch, epochs=epochs, min_steps=min_steps, min_epochs=min_epochs,
+                                   seed=seed, **train_kwargs)
     info["cache_key"] = datamodule.cache_key("train")
     atomic_torch_save(model.state_dict(), path)
     info["weights_sha256"] = file_sha256(path)

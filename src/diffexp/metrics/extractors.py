@@ -218,7 +218,7 @@ class ClassifierExtractor(FeatureExtractor):
     @classmethod
     def from_datamodule(cls, datamodule: Any, cache_dir: str | os.PathLike | None = None, *, arch: str = "small_cnn",
                         seed: int = 0, epochs: int | None = None, min_steps: int = 300,
-                        min_accuracy: float | None = None, **train_kwargs: Any) -> ClassifierExtractor:
+                        min_epochs: int = 4, min_accuracy: float | None = None, **train_kwargs: Any) -> ClassifierExtractor:
         """Load the cached classifier for ``datamodule`` or train it once (see ``load_or_train_classifier``).
         ``min_accuracy``: raise if the recorded test accuracy is below it."""
         from diffexp.metrics.classifier import load_or_train_classifier
@@ -228,8 +228,8 @@ class ClassifierExtractor(FeatureExtractor):
                              f"{getattr(datamodule, 'name', datamodule)!r} has num_classes=None "
                              f"(use extractor=random or extractor=inception)")
         model, info, path = load_or_train_classifier(
-            datamodule, cache_dir or default_cache_dir(), arch=arch, epochs=epochs, min_steps=min_steps, seed=seed,
-            **train_kwargs)
+            datamodule, cache_dir or default_cache_dir(), arch=arch, epochs=epochs, min_steps=min_steps,
+            min_epochs=min_epochs, seed=seed, **train_kwargs)
         acc = info.get("test_accuracy")
         if min_accuracy is not None and (acc is None or acc < min_accuracy):
             raise RuntimeError(f"classifier {path} has test accuracy {acc}, below min_accuracy={min_accuracy}")
