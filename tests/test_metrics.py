@@ -199,7 +199,7 @@ def test_compute_metrics_batch_size_invariant_and_provenance():
     h6 = ext.weights_hash[:6]
     keyed = keyed_metrics(r1)
     assert keyed[f"fid/random-{h6}/n200/ddim-50/ema/ref-unknown-n300"] == r1["fid"]
-    assert set(keyed) == {f"{m}/random-{h6}/n200/ddim-50/ema/ref-unknown-n300" for m in ("fid", "kid", "kid_std", "is", "is_std")}
+    assert set(keyed) == {f"{m}/random-{h6}/n200/ddim-50/ema/ref-unknown-n300" for m in ("fid", "kid", "kid_std", "is", "is_std", "confident", "class_entropy")}
     other = {**r1, "real_split": "test", "weights": "raw", "guidance_scale": 3.0}
     assert provenance_key("kid", other) == f"kid/random-{h6}/n200/ddim-50-cfg3/raw/ref-test-n300"
     assert dm.calls == 0
@@ -356,7 +356,7 @@ def test_classifier_on_digits(tmp_path, digits_dm, monkeypatch):
     info = ext.info
     assert info["test_accuracy"] > 0.9 and info["epochs"] == 14
     meta = Path(info["path"]).with_suffix(".json")
-    assert meta.is_file() and meta.name == "digits8-train-v1-small_cnn-auto150-s0.json" and ext.weights_hash == info["weights_sha256"]
+    assert meta.is_file() and meta.name == "digits8-train-v1-small_cnn-auto150m4-s0.json" and ext.weights_hash == info["weights_sha256"]
     # cached: a second build must not train again
     import diffexp.metrics.classifier as clf
 
@@ -412,3 +412,15 @@ def test_ddp_matches_single_process(tmp_path):
         assert got["n_real"] == 61 and got["res"]["n_gen"] == 61 == single["n_gen"]
         for k in ("fid", "kid", "is", "is_std"):
             assert got["res"][k] == pytest.approx(single[k], rel=1e-6, abs=1e-9), k
+
+
+def test_confidence_counts_and_balance():
+    f = torch.randn(6, 3)
+    logits = torch.tensor([[10., 0, 0], [0, 10., 0], [0, 0, 10.], [1., 1, 1], [10., 0, 0], [0, 0.5, 0]])
+    acc = FeatureAccumulator(3, 3, kid_max_samples=0)
+    acc.update(f[:3], logits[:3]); acc.update(f[3:], logits[3:])
+    c = acc.statistics().confidence()
+    assert c["confident"] == 4 / 6 and c["confident_threshold"] == 0.9
+    assert c["class_counts"] == [3, 2, 1]
+    p = torch.tensor([3, 2, 1.], dtype=torch.float64) / 6
+    assert math.isclose(c["class_entropy"], float(-(p * p.log()).sum() / math.log(3)), rel_tol=1e-9)

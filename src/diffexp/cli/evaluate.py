@@ -164,7 +164,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         record["samples"] = _sample_metrics(cfg, module, dm, sampler, sample_metrics, weights, device)
         # an adaptive sampler knows its NFE (and so its label) only after sampling
         record.update(nfe=record["samples"]["nfe"], sampler=record["samples"]["sampler"])
-        record["values"].update({m: record["samples"].get(m) for m in ("fid", "kid", "kid_std", "is", "is_std", "swd")
+        record["values"].update({m: record["samples"].get(m) for m in ("fid", "kid", "kid_std", "is", "is_std", "confident",
+                                                                       "class_entropy", "swd")
                                  if record["samples"].get(m) is not None})
         record["keys"].update(record["samples"]["keys"])
         for k in ("n_gen", "n_real", "extractor", "extractor_hash", "real_split"):

@@ -34,7 +34,7 @@ from diffexp.metrics.stats import (
 )
 from diffexp.metrics.utils import default_cache_dir, dist_info, slug
 
-ALL_METRICS = ("fid", "kid", "is")
+ALL_METRICS = ("fid", "kid", "is", "confident")
 
 
 # ------------------------------------------------------------------------------- reference stats
@@ -120,6 +120,8 @@ def compare_stats(gen: FeatureStats, real: FeatureStats, metrics: Sequence[str] 
     if "is" in metrics and gen.is_p_sum is not None:
         out["is"], out["is_std"] = gen.inception_score()
         out["is_splits"] = int((gen.is_count > 0).sum())
+    if "confident" in metrics and gen.class_count is not None:
+        out.update(gen.confidence())
     return out
 
 
@@ -137,7 +139,7 @@ class SampleQuality(FeatureAccumulator):
         if real_stats.num_features != extractor.num_features:
             raise ValueError(f"reference statistics have {real_stats.num_features} features, "
                              f"extractor {extractor.tag} gives {extractor.num_features}")
-        want_is = "is" in metrics and extractor.num_classes is not None
+        want_is = ("is" in metrics or "confident" in metrics) and extractor.num_classes is not None
         super().__init__(extractor.num_features, extractor.num_classes if want_is else None,
                          kid_max_samples=kid_max_samples if "kid" in metrics else 0, is_splits=is_splits, **kwargs)
         self._extractor = [extractor]  # a list hides it from nn.Module registration

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-LOGGED = ("fid", "kid", "kid_std", "is", "is_std", "swd")
+LOGGED = ("fid", "kid", "kid_std", "is", "is_std", "confident", "class_entropy", "swd")
 
 __all__ = ["LOGGED", "class_labels", "extractor_info", "jsonable", "keyed_metrics", "provenance", "provenance_key",
            "result_label", "sampler_config", "sampler_family", "sampler_label"]

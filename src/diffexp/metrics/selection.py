@@ -25,9 +25,9 @@ from diffexp.metrics.extractors import FeatureExtractor, build_extractor, make_e
 from diffexp.metrics.stats import FeatureStats
 from diffexp.metrics.utils import dist_info
 
-IMAGE_METRICS = ("fid", "kid", "is")
+IMAGE_METRICS = ("fid", "kid", "is", "confident")
 POINT_METRICS = ("fid", "kid", "swd")
-SAMPLE_METRICS = ("fid", "kid", "is", "swd")
+SAMPLE_METRICS = ("fid", "kid", "is", "confident", "swd")
 
 __all__ = ["IMAGE_METRICS", "POINT_METRICS", "SAMPLE_METRICS", "PointsExtractor", "cached_reference_stats",
            "is_points", "make_metrics_extractor", "reference_split", "resolve_metrics"]
@@ -96,8 +96,8 @@ def is_points(data_shape: Sequence[int]) -> bool:
 
 
 def resolve_metrics(metrics: Sequence[str] | str | None, points: bool, extractor: FeatureExtractor | None = None) -> tuple[str, ...]:
-    """The metrics to compute: ``None`` → fid, kid, is (images) or fid, kid, swd (points). ``is`` needs
-    an extractor with logits and ``swd`` is for points: asked for where they do not apply, they are
+    """The metrics to compute: ``None`` → fid, kid, is, confident (images) or fid, kid, swd (points). ``is`` needs
+    an extractor with logits (as does ``confident``) and ``swd`` is for points: asked for where they do not apply, they are
     dropped with a warning. Unknown names are errors."""
     if metrics is None:
         chosen = POINT_METRICS if points else IMAGE_METRICS
@@ -108,8 +108,8 @@ def resolve_metrics(metrics: Sequence[str] | str | None, points: bool, extractor
         raise ValueError(f"unknown sample metric(s) {unknown}; valid: {list(SAMPLE_METRICS)}")
     out = []
     for m in chosen:
-        if m == "is" and (points or (extractor is not None and extractor.num_classes is None)):
-            warnings.warn("IS needs an extractor with class logits; skipped", stacklevel=2)
+        if m in ("is", "confident") and (points or (extractor is not None and extractor.num_classes is None)):
+            warnings.warn(f"{m} needs an extractor with class logits; skipped", stacklevel=2)
         elif m == "swd" and not points:
             warnings.warn("swd (sliced Wasserstein) is computed for 2-D point data only; skipped", stacklevel=2)
         else:

@@ -27,6 +27,9 @@ from torchmetrics import Metric
 
 from diffexp.metrics.utils import dist_info
 
+# "Confidently classified": max softmax >= 0.9, the threshold of issue 16 (bench/bench_peer.py uses the same).
+CONFIDENT = 0.9
+
 
 @dataclass
 class FeatureStats:
@@ -39,6 +42,8 @@ class FeatureStats:
     is_p_sum: torch.Tensor | None = None  # (splits, K) float64
     is_plogp_sum: torch.Tensor | None = None  # (splits,) float64
     is_count: torch.Tensor | None = None  # (splits,) float64
+    confident_count: float | None = None  # images whose max softmax >= CONFIDENT
+    class_count: torch.Tensor | None = None  # (K,) float64, images per predicted class
     meta: dict[str, Any] = field(default_factory=dict)
     cov_sqrt: torch.Tensor | None = None  # (D, D) float64 Σ^{1/2}, memoised by sqrt_cov()
 
@@ -58,6 +63,19 @@ class FeatureStats:
         if self.is_p_sum is None:
             raise ValueError("these statistics hold no logits (extractor without logits)")
         return inception_score_from_sums(self.is_p_sum, self.is_plogp_sum, self.is_count)
+
+    def confidence(self) -> dict[str, Any]:
+        """Share of images classified with max softmax >= ``CONFIDENT`` (real MNIST test images with the
+        project classifier: 0.96), the predicted-class counts and their entropy normalised to [0, 1]
+        (1 = perfectly balanced classes)."""
+        if self.class_count is None:
+            raise ValueError("these statistics hold no logits (extractor without logits)")
+        counts = self.class_count.double()
+        share = counts / counts.sum().clamp_min(1)
+        nz = share[share > 0]
+        entropy = float(-(nz * nz.log()).sum() / math.log(len(share))) if len(share) > 1 else 1.0
+        return {"confident": float(self.confident_count) / max(self.n, 1), "confident_threshold": CONFIDENT,
+                "class_entropy": max(0.0, entropy), "class_counts": [int(c) for c in counts]}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of tensors/primitives (loadable with ``torch.load(weights_only=True)``)."""
@@ -184,6 +202,8 @@ class FeatureAccumulator(Metric):
             self.add_state("is_p_sum", torch.zeros(is_splits, k, dtype=torch.float64), dist_reduce_fx="sum", persistent=False)
             self.add_state("is_plogp_sum", torch.zeros(is_splits, dtype=torch.float64), dist_reduce_fx="sum", persistent=False)
             self.add_state("is_count", torch.zeros(is_splits, dtype=torch.float64), dist_reduce_fx="sum", persistent=False)
+            self.add_state("confident_count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum", persistent=False)
+            self.add_state("class_count", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum", persistent=False)
 
     def _kid_stored(self) -> int:
         feats = self.kid_features
@@ -215,6 +235,9 @@ class FeatureAccumulator(Metric):
             self.is_p_sum.index_add_(0, split, logp.exp())
             self.is_plogp_sum.index_add_(0, split, (logp.exp() * logp).sum(1))
             self.is_count.index_add_(0, split, torch.ones(len(f), dtype=torch.float64, device=f.device))
+            p_max, label = logp.exp().max(dim=1)
+            self.confident_count += (p_max >= CONFIDENT).sum()
+            self.class_count += torch.bincount(label, minlength=self.num_classes).double()
 
     def _stats(self) -> FeatureStats:
         n = int(self.n.item())
@@ -227,7 +250,8 @@ class FeatureAccumulator(Metric):
         extra = {}
         if self.num_classes is not None:
             extra = {"is_p_sum": self.is_p_sum.cpu().clone(), "is_plogp_sum": self.is_plogp_sum.cpu().clone(),
-                     "is_count": self.is_count.cpu().clone()}
+                     "is_count": self.is_count.cpu().clone(), "confident_count": float(self.confident_count.item()),
+                     "class_count": self.class_count.cpu().clone()}
         return FeatureStats(n=n, mu=mu.cpu().clone(), cov=cov.cpu().clone(), features=feats, **extra)
 
     def statistics(self) -> FeatureStats:

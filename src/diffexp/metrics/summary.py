@@ -22,7 +22,7 @@ from diffexp.atomic import atomic_write, atomic_write_text, clean_partial_files
 
 RECORD = "evaluation.json"
 SUMMARY_COLUMNS = ("group", "process", "sampler", "family", "nfe", "weights", "guidance_scale", "fid", "kid", "kid_std", "is",
-                   "swd", "nll_bpd", "nll_convention", "nll_ode_bpd", "nll_ode_stderr", "nll_ode_nfe",
+                   "confident", "class_entropy", "swd", "nll_bpd", "nll_convention", "nll_ode_bpd", "nll_ode_stderr", "nll_ode_nfe",
                    "nll_ode_estimator", "n_gen", "n_real", "extractor", "extractor_hash",
                    "reference", "step", "checkpoint", "seconds", "job_dir")
 
@@ -60,7 +60,7 @@ def summary_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "group": group_of(rec), "process": rec.get("process", ""), "sampler": rec.get("sampler", ""), "family": rec.get("family", ""),
             "nfe": rec.get("nfe", ""), "weights": rec.get("weights", ""), "guidance_scale": rec.get("guidance_scale", ""),
             "fid": v.get("fid", ""), "kid": v.get("kid", ""), "kid_std": v.get("kid_std", ""), "is": v.get("is", ""),
-            "swd": v.get("swd", ""), "nll_bpd": v.get("nll_bpd", ""),
+            "confident": v.get("confident", ""), "class_entropy": v.get("class_entropy", ""), "swd": v.get("swd", ""), "nll_bpd": v.get("nll_bpd", ""),
             "nll_convention": (rec.get("nll") or (rec.get("nll_ode") or {})).get("convention_tag", ""),
             "nll_ode_bpd": v.get("nll_ode_bpd", ""), "nll_ode_stderr": (rec.get("nll_ode") or {}).get("bpd_stderr", ""),
             "nll_ode_nfe": v.get("nll_ode_nfe", ""), "nll_ode_estimator": _ode_estimator(rec.get("nll_ode")),
@@ -124,7 +124,7 @@ def write_summary(root: str | os.PathLike) -> dict[str, Any]:
     md = [f"# Evaluation summary: {root}", "", f"{len(records)} job record(s), written "
           f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}.", ""]
     md += [f"> **Warning:** {n}" for n in notes] + ([""] if notes else [])
-    cols = ("process", "sampler", "nfe", "weights", "fid", "kid", "kid_std", "is", "swd", "nll_bpd", "nll_ode_bpd",
+    cols = ("process", "sampler", "nfe", "weights", "fid", "kid", "kid_std", "is", "confident", "swd", "nll_bpd", "nll_ode_bpd",
             "nll_ode_nfe", "step", "seconds")
     for g, grows in groups.items():
         md += [f"## {g}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
