@@ -31,6 +31,13 @@ sweep directory so that one summary covers both::
 
 (the summary scans every ``evaluation.json`` below the sweep directory; distinct sub-directories keep
 the jobs of both sweeps apart). ``python -m diffexp.cli.evaluate --summarize DIR`` rewrites a summary.
+
+Classifier guidance (:mod:`diffexp.guidance`) as in ``sample.py``, composable with classifier-free guidance
+(``guidance_scale``); ``class_accuracy`` is the share of samples the project classifier (``extractor=classifier``)
+assigns to the class they were drawn for (sample i: class i mod K). The accuracy-vs-scale table::
+
+    python evaluate.py -m ckpt_path=CKPT guidance=classifier classifier_ckpt=CLF guidance.scale=0,1,2,4 \
+        metrics=[fid,class_accuracy,confident]
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from diffexp.atomic import atomic_write_json  # noqa: E402
 from diffexp.cli.checks import check_against_checkpoint, check_evaluate_config, check_nll_against_checkpoint  # noqa: E402
+from diffexp.guidance.noisy_classifier import classifier_guidance_from_config  # noqa: E402
+from diffexp.guidance.setup import check_classifier_fits, guidance_record, label_classes  # noqa: E402
 from diffexp.interop.pretrained import load_model  # noqa: E402
 from diffexp.latent import image_range, image_shape, label_latent_nll, nll_datamodule, to_images  # noqa: E402
 from diffexp.logs import route_to_run_log, say  # noqa: E402
@@ -107,7 +116,8 @@ def _hydra_info() -> dict[str, Any]:
     multirun = str(hc.mode) in ("RunMode.MULTIRUN", "MULTIRUN")
     return {"multirun": multirun, "job_num": hc.job.get("num"), "overrides": list(hc.overrides.task),
             "sweep_dir": str(hc.sweep.dir) if multirun else None,
-            "sampler_choice": hc.runtime.choices.get("sampler"), "extractor_choice": hc.runtime.choices.get("extractor")}
+            "sampler_choice": hc.runtime.choices.get("sampler"), "extractor_choice": hc.runtime.choices.get("extractor"),
+            "guidance_choice": hc.runtime.choices.get("guidance")}
 
 
 def _datamodule(cfg: DictConfig, module) -> Any:
@@ -132,8 +142,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     device = pick_device(cfg.device)
     torch.manual_seed(int(cfg.seed))
+    guidance = classifier_guidance_from_config(cfg, device)  # guidance=classifier: classifier_ckpt and scale checked now
     module = load_model(cfg.ckpt_path, cfg.get("pretrained"), map_location=device).to(device)  # or pretrained=DIR
     check_against_checkpoint(cfg, module)
+    check_classifier_fits(module, guidance, cfg.get("classifier_ckpt"))
+    if "class_accuracy" in metrics and label_classes(module, guidance) is None:
+        raise ConfigError(f"metrics={metrics}: class_accuracy needs samples drawn for labels: a class-conditional "
+                          f"checkpoint or guidance=classifier classifier_ckpt=...; {cfg.get('ckpt_path') or cfg.get('pretrained')} "
+                          "is unconditional")
     if "nll" in metrics:
         check_nll_against_checkpoint(cfg, module)
     if cfg.get("ema_sigma_rel") is not None:  # post-hoc EMA of this length from the run's snapshots
@@ -157,15 +173,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         sampler = instantiate(cfg.sampler)
         record.update(sampler=sampler_label(sampler, T), sampler_class=type(sampler).__name__,
                       sampler_config=OmegaConf.to_container(cfg.sampler, resolve=True), nfe=sampler.nfe(T),
-                      guidance_scale=float(cfg.guidance_scale))
+                      guidance_scale=float(cfg.guidance_scale),
+                      guidance=guidance_record(module, guidance, float(cfg.guidance_scale), cfg.get("classifier_ckpt")))
         record["sampler_name"] = sampler.name
         record["family"] = sampler_family(sampler.name)  # heun-18 (35 NFE) -> heun: one curve per family
     if sample_metrics:
-        record["samples"] = _sample_metrics(cfg, module, dm, sampler, sample_metrics, weights, device)
+        record["samples"] = _sample_metrics(cfg, module, dm, sampler, sample_metrics, weights, device, guidance)
         # an adaptive sampler knows its NFE (and so its label) only after sampling
         record.update(nfe=record["samples"]["nfe"], sampler=record["samples"]["sampler"])
         record["values"].update({m: record["samples"].get(m) for m in ("fid", "kid", "kid_std", "is", "is_std", "confident",
-                                                                       "class_entropy", "swd")
+                                                                       "class_entropy", "class_accuracy",
+                                                                       "class_accuracy_stderr", "swd")
                                  if record["samples"].get(m) is not None})
         record["keys"].update(record["samples"]["keys"])
         for k in ("n_gen", "n_real", "extractor", "extractor_hash", "real_split"):
@@ -197,30 +215,40 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-def _sample_metrics(cfg, module, dm, sampler, metrics, weights, device) -> dict[str, Any]:
+def _sample_metrics(cfg, module, dm, sampler, metrics, weights, device, guidance=None) -> dict[str, Any]:
     extractor = make_metrics_extractor(instantiate(cfg.extractor), dm).to(device)
     chosen = resolve_metrics(metrics, is_points(dm.data_shape), extractor)
+    num_classes = label_classes(module, guidance)  # labels: the model's classes, else the guidance classifier's
+    if "class_accuracy" in chosen and extractor.num_classes != num_classes:
+        raise ConfigError(f"metrics=[...class_accuracy]: extractor={extractor.name} has {extractor.num_classes} classes, "
+                          f"the samples' labels {num_classes}; use extractor=classifier (the project classifier)")
     split = reference_split(dm, cfg.split)
     real = cached_reference_stats(dm, split, extractor, cfg.num_real, cfg.paths.cache_dir,
                                   kid_max_samples=cfg.kid_max_samples, recompute=cfg.recompute_reference)
     denoiser = module.denoiser(ema=cfg.ema)
+    denoiser.classifier_guidance = guidance  # acts whenever labels are given (diffexp.guidance)
     shape, seed = tuple(module.data_shape), int(cfg.seed)
     if module.num_classes is None and cfg.guidance_scale != 1.0:
         raise ValueError("guidance_scale needs a class-conditional checkpoint; this one is unconditional")
 
+    def label_fn(seeds):  # sample i is drawn for class i mod K (diffexp.guidance.setup)
+        return class_labels(seeds, seed, num_classes, device)
+
     def sample_fn(seeds):
-        y = class_labels(seeds, seed, module.num_classes, device)
+        y = label_fn(seeds)
         x = sampler(denoiser, shape=shape, seeds=seeds, y=y, guidance_scale=cfg.guidance_scale, device=device)
         return to_images(module, x)  # latent diffusion: decoded by the first stage
 
     res = compute_metrics(sample_fn, int(cfg.num_samples), extractor, real, batch_size=int(cfg.batch_size), metrics=chosen,
                            seed_offset=seed, data_range=image_range(module), kid_subset_size=cfg.kid_subset_size,
                            kid_subsets=cfg.kid_subsets, kid_max_samples=cfg.kid_max_samples,
-                           swd_projections=cfg.swd_projections, device=device)
+                           swd_projections=cfg.swd_projections, device=device, label_fn=label_fn)
     T = module.process.num_timesteps
     res.update(process=module.process.name, sampler=sampler_label(sampler, T), sampler_class=type(sampler).__name__,
                sampler_config=sampler_config(sampler), nfe=sampler.nfe(T), weights=weights, ema=weights == "ema",
-               guidance_scale=float(cfg.guidance_scale), real_split=split, extractor_info=extractor_info(extractor),
+               guidance_scale=float(cfg.guidance_scale), guidance=guidance_record(module, guidance, float(cfg.guidance_scale),
+                                                                                   cfg.get("classifier_ckpt")),
+               classifier_guidance_scale=None if guidance is None else guidance.scale, real_split=split, extractor_info=extractor_info(extractor),
                metrics=list(chosen))
     res["keys"] = keyed_metrics(res)
     return res

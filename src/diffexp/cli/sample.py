@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from diffexp.atomic import atomic_write_json  # noqa: E402
 from diffexp.cli.checks import check_against_checkpoint, check_sample_config  # noqa: E402
 from diffexp.guidance.noisy_classifier import classifier_guidance_from_config  # noqa: E402
+from diffexp.guidance.setup import check_classifier_fits, label_classes  # noqa: E402
 from diffexp.images import samples_to_image, save_png, to_uint8  # noqa: E402
 from diffexp.interop.pretrained import load_model  # noqa: E402
 from diffexp.latent import image_range, to_images  # noqa: E402
@@ -70,7 +71,8 @@ def sample(cfg: DictConfig) -> dict:
     nfe = sampler.nfe(T)
     labels = None
     guidance = classifier_guidance_from_config(cfg, device)
-    num_classes = module.num_classes or (guidance.classifier.num_classes if guidance is not None else None)
+    check_classifier_fits(module, guidance, cfg.get("classifier_ckpt"))
+    num_classes = label_classes(module, guidance)  # the checkpoint's classes, else the guidance classifier's
     if num_classes is not None:
         labels = (torch.full((cfg.num_samples,), int(cfg.class_label)) if cfg.class_label is not None
                   else torch.arange(cfg.num_samples) % num_classes)

@@ -34,7 +34,7 @@ from diffexp.metrics.stats import (
 )
 from diffexp.metrics.utils import default_cache_dir, dist_info, slug
 
-ALL_METRICS = ("fid", "kid", "is", "confident")
+ALL_METRICS = ("fid", "kid", "is", "confident")  # the default set; class_accuracy (needs labels) on request
 
 
 # ------------------------------------------------------------------------------- reference stats
@@ -122,6 +122,10 @@ def compare_stats(gen: FeatureStats, real: FeatureStats, metrics: Sequence[str] 
         out["is_splits"] = int((gen.is_count > 0).sum())
     if "confident" in metrics and gen.class_count is not None:
         out.update(gen.confidence())
+    if "class_accuracy" in metrics:
+        if gen.class_count is None:
+            raise ValueError("class_accuracy needs an extractor with class logits (extractor=classifier)")
+        out.update(gen.class_accuracy())
     return out
 
 
@@ -139,7 +143,7 @@ class SampleQuality(FeatureAccumulator):
         if real_stats.num_features != extractor.num_features:
             raise ValueError(f"reference statistics have {real_stats.num_features} features, "
                              f"extractor {extractor.tag} gives {extractor.num_features}")
-        want_is = ("is" in metrics or "confident" in metrics) and extractor.num_classes is not None
+        want_is = bool({"is", "confident", "class_accuracy"} & set(metrics)) and extractor.num_classes is not None
         super().__init__(extractor.num_features, extractor.num_classes if want_is else None,
                          kid_max_samples=kid_max_samples if "kid" in metrics else 0, is_splits=is_splits, **kwargs)
         self._extractor = [extractor]  # a list hides it from nn.Module registration
@@ -150,14 +154,17 @@ class SampleQuality(FeatureAccumulator):
     def extractor(self) -> FeatureExtractor:
         return self._extractor[0]
 
-    def update(self, images: torch.Tensor, index: torch.Tensor | None = None) -> None:  # type: ignore[override]
-        """Add generated images (float in [-1, 1]); ``index``: their global sample indices (IS splits)."""
+    def update(self, images: torch.Tensor, index: torch.Tensor | None = None,  # type: ignore[override]
+               labels: torch.Tensor | None = None) -> None:
+        """Add generated images (float in [-1, 1]); ``index``: their global sample indices (IS splits);
+        ``labels``: the classes they were generated for (class accuracy)."""
         ext = self.extractor
         param = next(ext.parameters(), None)
         if param is not None and param.device != images.device:
             ext.to(images.device)
         feats, logits = ext(images)
-        super().update(feats, logits if self.num_classes is not None else None, index)
+        super().update(feats, logits if self.num_classes is not None else None, index,
+                       labels if self.num_classes is not None else None)
 
     def compute(self) -> dict[str, Any]:  # type: ignore[override]
         out = compare_stats(self._stats(), self.real_stats, self.metrics,
@@ -173,7 +180,8 @@ def compute_metrics(sample_fn: Callable[[list[int]], torch.Tensor], n: int, extr
                     kid_subset_size: int = 1000, kid_subsets: int = 100, kid_max_samples: int = 10_000,
                     is_splits: int = 10, swd_projections: int = 256, sampler: str | None = None,
                     nfe: int | None = None, ema: bool | None = None, device: torch.device | str | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                    progress: Callable[[int, int], None] | None = None,
+                    label_fn: Callable[[list[int]], torch.Tensor | None] | None = None) -> dict[str, Any]:
     """Generate ``n`` samples with ``sample_fn(seeds) -> images (len(seeds), C, H, W)`` in batches of
     ``batch_size`` and evaluate them against ``real_stats`` in constant memory.
 
@@ -181,11 +189,12 @@ def compute_metrics(sample_fn: Callable[[list[int]], torch.Tensor], n: int, extr
     ``sample_fn = lambda s: sampler(denoiser, shape=shape, seeds=s)``); under DDP rank r takes
     i = r, r + W, ... and the stored KID/SWD features are put back into global sample order, so the
     numbers do not depend on the number of ranks. Samples are clamped to ``data_range`` before
-    extraction. ``metrics`` ⊆ {fid, kid, is, swd} (``swd``: sliced Wasserstein-2 on the stored
+    extraction. ``metrics`` ⊆ {fid, kid, is, confident, class_accuracy, swd} (``swd``: sliced Wasserstein-2 on the stored
     features, for low-dimensional data). Returns a dict with those metrics (``kid_std``, ``is_std``
     beside them) and provenance: ``n_gen``, ``n_real``, ``extractor``, ``extractor_hash``, ``sampler``,
     ``nfe``, ``ema``, ``real`` (reference meta), ``kid_subset_size``, ``seeds``, ``seconds``,
-    ``images_per_s``.
+    ``images_per_s``. ``label_fn(seeds)``: the classes those samples were generated for (class-conditional
+    or classifier-guided sampling), compared with the extractor's argmax by ``class_accuracy``.
     """
     rank, world = dist_info()
     metrics = tuple(metrics)
@@ -207,7 +216,8 @@ def compute_metrics(sample_fn: Callable[[list[int]], torch.Tensor], n: int, extr
             x = x.clamp(*data_range)
         if device is not None:
             x = x.to(device)
-        metric.update(x, torch.tensor(batch, device=x.device) - seed_offset)
+        y = label_fn(batch) if label_fn is not None else None
+        metric.update(x, torch.tensor(batch, device=x.device) - seed_offset, None if y is None else y.to(x.device))
         if progress is not None:
             progress(min(i + batch_size, len(seeds)), len(seeds))
     seconds = time.perf_counter() - t0

@@ -3,7 +3,7 @@
 One key format, built by :func:`provenance_key` only (callbacks, the evaluate CLI and loggers all use it)::
 
     fid/classifier-ab12cd/n1000/ddpm/ddim-50/ema/ref-test-n10000
-    └metric└extractor-hash6└n gen└process family└sampler-NFE[-cfg w]└weights└reference split and n
+    └metric└extractor-hash6└n gen└process family└sampler-NFE[-cfg w][-cg s]└weights└reference split and n
 
 (the process family segment is present when the result names its ``process``, as the training callback and
 ``evaluate.py`` do: the same sampler at the same NFE is another experiment on another family).
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-LOGGED = ("fid", "kid", "kid_std", "is", "is_std", "confident", "class_entropy", "swd")
+LOGGED = ("fid", "kid", "kid_std", "is", "is_std", "confident", "class_entropy", "class_accuracy", "swd")
 
 __all__ = ["LOGGED", "class_labels", "extractor_info", "jsonable", "keyed_metrics", "provenance", "provenance_key",
            "result_label", "sampler_config", "sampler_family", "sampler_label"]
@@ -43,10 +43,14 @@ def sampler_family(name: str) -> str:
 
 
 def result_label(result: dict[str, Any]) -> str:
-    """The sampler part of a key: its label (``ddim-50``) plus ``-cfg{w}`` for a guidance scale other than 1."""
+    """The sampler part of a key: its label (``ddim-50``) plus ``-cfg{w}`` for a classifier-free guidance scale
+    other than 1 and ``-cg{s}`` under classifier guidance of scale s (``classifier_guidance_scale``; s = 0 too:
+    its samples were drawn for labels, unguided)."""
     label = str(result.get("sampler") or "sampler-unnamed")
     w = result.get("guidance_scale", 1.0)
-    return label if w in (None, 1, 1.0) else f"{label}-cfg{w:g}"
+    label = label if w in (None, 1, 1.0) else f"{label}-cfg{w:g}"
+    s = result.get("classifier_guidance_scale")
+    return label if s is None else f"{label}-cg{float(s):g}"
 
 
 def _weights(result: dict[str, Any]) -> str:
@@ -80,7 +84,8 @@ def provenance(result: dict[str, Any]) -> dict[str, Any]:
         "extractor_info": result.get("extractor_info"),
         "sampler": result["sampler"], "sampler_class": result.get("sampler_class"),
         "sampler_config": result.get("sampler_config"), "nfe": result["nfe"], "weights": _weights(result),
-        "guidance_scale": result.get("guidance_scale", 1.0), "seeds": result.get("seeds"),
+        "guidance_scale": result.get("guidance_scale", 1.0), "guidance": result.get("guidance"),
+        "classifier_guidance_scale": result.get("classifier_guidance_scale"), "seeds": result.get("seeds"),
         "reference": {"split": result.get("real_split"), "cache_key": real.get("cache_key"), "n": real.get("n"),
                       "n_requested": real.get("n_requested"), "seed": real.get("seed"), "file": real.get("path")},
         "kid_subset_size": result.get("kid_subset_size"), "kid_subsets": result.get("kid_subsets"),

@@ -27,7 +27,7 @@ from diffexp.metrics.utils import dist_info
 
 IMAGE_METRICS = ("fid", "kid", "is", "confident")
 POINT_METRICS = ("fid", "kid", "swd")
-SAMPLE_METRICS = ("fid", "kid", "is", "confident", "swd")
+SAMPLE_METRICS = ("fid", "kid", "is", "confident", "class_accuracy", "swd")  # class_accuracy: on request only
 
 __all__ = ["IMAGE_METRICS", "POINT_METRICS", "SAMPLE_METRICS", "PointsExtractor", "cached_reference_stats",
            "is_points", "make_metrics_extractor", "reference_split", "resolve_metrics"]
@@ -108,7 +108,7 @@ def resolve_metrics(metrics: Sequence[str] | str | None, points: bool, extractor
         raise ValueError(f"unknown sample metric(s) {unknown}; valid: {list(SAMPLE_METRICS)}")
     out = []
     for m in chosen:
-        if m in ("is", "confident") and (points or (extractor is not None and extractor.num_classes is None)):
+        if m in ("is", "confident", "class_accuracy") and (points or (extractor is not None and extractor.num_classes is None)):
             warnings.warn(f"{m} needs an extractor with class logits; skipped", stacklevel=2)
         elif m == "swd" and not points:
             warnings.warn("swd (sliced Wasserstein) is computed for 2-D point data only; skipped", stacklevel=2)

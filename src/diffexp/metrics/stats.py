@@ -44,6 +44,8 @@ class FeatureStats:
     is_count: torch.Tensor | None = None  # (splits,) float64
     confident_count: float | None = None  # images whose max softmax >= CONFIDENT
     class_count: torch.Tensor | None = None  # (K,) float64, images per predicted class
+    class_correct: torch.Tensor | None = None  # (K,) float64, labelled images per label whose argmax is that label
+    class_labelled: torch.Tensor | None = None  # (K,) float64, labelled images per label
     meta: dict[str, Any] = field(default_factory=dict)
     cov_sqrt: torch.Tensor | None = None  # (D, D) float64 Σ^{1/2}, memoised by sqrt_cov()
 
@@ -76,6 +78,21 @@ class FeatureStats:
         entropy = float(-(nz * nz.log()).sum() / math.log(len(share))) if len(share) > 1 else 1.0
         return {"confident": float(self.confident_count) / max(self.n, 1), "confident_threshold": CONFIDENT,
                 "class_entropy": max(0.0, entropy), "class_counts": [int(c) for c in counts]}
+
+    def class_accuracy(self) -> dict[str, Any]:
+        """Share of labelled images whose classifier argmax is the label they were generated for,
+
+            acc = (1/n) Σ_i 1[argmax_k p(k | x_i) = y_i],  stderr = √(acc (1 − acc) / n)
+
+        (binomial standard error), with the per-label accuracies. Raises when no image carried a label."""
+        n = 0.0 if self.class_labelled is None else float(self.class_labelled.sum())
+        if n == 0:
+            raise ValueError("class_accuracy needs the labels the samples were generated for (a class-conditional "
+                             "checkpoint, or guidance=classifier); these samples have none")
+        acc = float(self.class_correct.sum()) / n
+        per = [float(c / m) if m > 0 else None for c, m in zip(self.class_correct.double(), self.class_labelled.double())]
+        return {"class_accuracy": acc, "class_accuracy_stderr": math.sqrt(acc * (1 - acc) / n),
+                "n_labelled": int(n), "class_accuracy_per_class": per}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of tensors/primitives (loadable with ``torch.load(weights_only=True)``)."""
@@ -204,15 +221,17 @@ class FeatureAccumulator(Metric):
             self.add_state("is_count", torch.zeros(is_splits, dtype=torch.float64), dist_reduce_fx="sum", persistent=False)
             self.add_state("confident_count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum", persistent=False)
             self.add_state("class_count", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum", persistent=False)
+            self.add_state("class_correct", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum", persistent=False)
+            self.add_state("class_labelled", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum", persistent=False)
 
     def _kid_stored(self) -> int:
         feats = self.kid_features
         return sum(len(f) for f in feats) if isinstance(feats, list) else len(feats)
 
     def update(self, features: torch.Tensor, logits: torch.Tensor | None = None,
-               index: torch.Tensor | None = None) -> None:
+               index: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
         """Add a batch. ``index``: global sample indices (IS split = index mod splits); default: the
-        running local count."""
+        running local count. ``labels``: the classes the samples were generated for (class accuracy)."""
         f = features.detach().reshape(len(features), -1)
         if f.shape[1] != self.num_features:
             raise ValueError(f"expected {self.num_features} features, got {f.shape[1]}")
@@ -238,6 +257,13 @@ class FeatureAccumulator(Metric):
             p_max, label = logp.exp().max(dim=1)
             self.confident_count += (p_max >= CONFIDENT).sum()
             self.class_count += torch.bincount(label, minlength=self.num_classes).double()
+            if labels is not None:
+                y = torch.as_tensor(labels, device=f.device).long().reshape(-1)
+                if len(y) != len(f) or bool(((y < 0) | (y >= self.num_classes)).any()):
+                    raise ValueError(f"labels must be {len(f)} class indices in [0, {self.num_classes}), got {y.tolist()}")
+                ones = torch.ones(len(y), dtype=torch.float64, device=f.device)
+                self.class_labelled.index_add_(0, y, ones)
+                self.class_correct.index_add_(0, y, (label == y).double())
 
     def _stats(self) -> FeatureStats:
         n = int(self.n.item())
@@ -251,7 +277,8 @@ class FeatureAccumulator(Metric):
         if self.num_classes is not None:
             extra = {"is_p_sum": self.is_p_sum.cpu().clone(), "is_plogp_sum": self.is_plogp_sum.cpu().clone(),
                      "is_count": self.is_count.cpu().clone(), "confident_count": float(self.confident_count.item()),
-                     "class_count": self.class_count.cpu().clone()}
+                     "class_count": self.class_count.cpu().clone(), "class_correct": self.class_correct.cpu().clone(),
+                     "class_labelled": self.class_labelled.cpu().clone()}
         return FeatureStats(n=n, mu=mu.cpu().clone(), cov=cov.cpu().clone(), features=feats, **extra)
 
     def statistics(self) -> FeatureStats:

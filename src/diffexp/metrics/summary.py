@@ -21,12 +21,12 @@ from typing import Any
 from diffexp.atomic import atomic_write, atomic_write_text, clean_partial_files
 
 RECORD = "evaluation.json"
-SUMMARY_COLUMNS = ("group", "process", "sampler", "family", "nfe", "weights", "guidance_scale", "fid", "kid", "kid_std", "is",
-                   "confident", "class_entropy", "swd", "nll_bpd", "nll_convention", "nll_ode_bpd", "nll_ode_stderr", "nll_ode_nfe",
+SUMMARY_COLUMNS = ("group", "process", "sampler", "family", "nfe", "weights", "guidance", "guidance_scale", "cfg_scale", "fid",
+                   "kid", "kid_std", "is", "confident", "class_entropy", "class_accuracy", "class_accuracy_stderr", "swd", "nll_bpd", "nll_convention", "nll_ode_bpd", "nll_ode_stderr", "nll_ode_nfe",
                    "nll_ode_estimator", "n_gen", "n_real", "extractor", "extractor_hash",
                    "reference", "step", "checkpoint", "seconds", "job_dir")
 
-__all__ = ["RECORD", "SUMMARY_COLUMNS", "group_of", "load_records", "plot_fid_vs_nfe", "summary_rows", "write_summary"]
+__all__ = ["RECORD", "SUMMARY_COLUMNS", "group_of", "guidance_of", "load_records", "plot_fid_vs_nfe", "summary_rows", "write_summary"]
 
 
 def load_records(root: str | os.PathLike) -> list[dict[str, Any]]:
@@ -52,15 +52,30 @@ def group_of(rec: dict[str, Any]) -> str:
             f"ref={ref.get('cache_key', '?')}")
 
 
+def guidance_of(rec: dict[str, Any]) -> tuple[str, Any, Any]:
+    """(kind, scale, CFG scale) of a record: kind none | cfg | classifier | cfg+classifier; scale is the
+    classifier-guidance scale when a classifier guided, else the CFG scale (records before classifier guidance
+    in evaluate.py carry only ``guidance_scale``, the CFG scale)."""
+    w = rec.get("guidance_scale", "")
+    g = rec.get("guidance")
+    if isinstance(g, dict):
+        return str(g.get("kind", "")), g.get("scale", w), g.get("cfg_scale", w)
+    if w == "":
+        return "", "", ""
+    return ("none" if w in (1, 1.0) else "cfg"), w, w
+
+
 def summary_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for rec in records:
         v = rec.get("values", {})
+        kind, scale, cfg_scale = guidance_of(rec)
         rows.append({
             "group": group_of(rec), "process": rec.get("process", ""), "sampler": rec.get("sampler", ""), "family": rec.get("family", ""),
-            "nfe": rec.get("nfe", ""), "weights": rec.get("weights", ""), "guidance_scale": rec.get("guidance_scale", ""),
+            "nfe": rec.get("nfe", ""), "weights": rec.get("weights", ""), "guidance": kind, "guidance_scale": scale, "cfg_scale": cfg_scale,
             "fid": v.get("fid", ""), "kid": v.get("kid", ""), "kid_std": v.get("kid_std", ""), "is": v.get("is", ""),
-            "confident": v.get("confident", ""), "class_entropy": v.get("class_entropy", ""), "swd": v.get("swd", ""), "nll_bpd": v.get("nll_bpd", ""),
+            "confident": v.get("confident", ""), "class_entropy": v.get("class_entropy", ""),
+            "class_accuracy": v.get("class_accuracy", ""), "class_accuracy_stderr": v.get("class_accuracy_stderr", ""), "swd": v.get("swd", ""), "nll_bpd": v.get("nll_bpd", ""),
             "nll_convention": (rec.get("nll") or (rec.get("nll_ode") or {})).get("convention_tag", ""),
             "nll_ode_bpd": v.get("nll_ode_bpd", ""), "nll_ode_stderr": (rec.get("nll_ode") or {}).get("bpd_stderr", ""),
             "nll_ode_nfe": v.get("nll_ode_nfe", ""), "nll_ode_estimator": _ode_estimator(rec.get("nll_ode")),
@@ -70,7 +85,8 @@ def summary_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seconds": round(float(rec.get("seconds", 0.0)), 2), "job_dir": rec.get("job_dir", ""),
         })
     rows.sort(key=lambda r: (r["group"], str(r["process"]), str(r["checkpoint"]), str(r["family"]), str(r["weights"]),
-                             r["nfe"] if isinstance(r["nfe"], (int, float)) else math.inf))
+                             r["nfe"] if isinstance(r["nfe"], (int, float)) else math.inf, str(r["guidance"]),
+                             r["guidance_scale"] if isinstance(r["guidance_scale"], (int, float)) else math.inf))
     return rows
 
 
@@ -90,8 +106,10 @@ def _fmt(v: Any) -> str:
 
 def _curve_key(row: dict[str, Any], many_ckpts: bool) -> str:
     label = f"{row['process']}: {row['family']} ({row['weights']}" if row["process"] else f"{row['family']} ({row['weights']}"
-    if row["guidance_scale"] not in ("", 1, 1.0):
-        label += f", cfg {row['guidance_scale']:g}"
+    if row["cfg_scale"] not in ("", 1, 1.0):
+        label += f", cfg {row['cfg_scale']:g}"
+    if "classifier" in str(row["guidance"]):
+        label += f", classifier guidance {row['guidance_scale']:g}"
     if many_ckpts:
         label += f", step {row['step']}"
     return label + ")"
@@ -124,7 +142,8 @@ def write_summary(root: str | os.PathLike) -> dict[str, Any]:
     md = [f"# Evaluation summary: {root}", "", f"{len(records)} job record(s), written "
           f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}.", ""]
     md += [f"> **Warning:** {n}" for n in notes] + ([""] if notes else [])
-    cols = ("process", "sampler", "nfe", "weights", "fid", "kid", "kid_std", "is", "confident", "swd", "nll_bpd", "nll_ode_bpd",
+    cols = ("process", "sampler", "nfe", "weights", "guidance", "guidance_scale", "fid", "kid", "kid_std", "is", "confident",
+            "class_accuracy", "swd", "nll_bpd", "nll_ode_bpd",
             "nll_ode_nfe", "step", "seconds")
     for g, grows in groups.items():
         md += [f"## {g}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
