@@ -191,3 +191,27 @@ def test_the_guidance_classifier_must_fit_the_checkpoint():
     assert guidance_record(cond, None, 3.0, None) | {"classifier_ckpt": None} == {
         "kind": "cfg", "scale": 3.0, "cfg_scale": 3.0, "classifier_scale": None, "classifier_ckpt": None, "num_classes": 10}
     assert guidance_record(uncond, guide, 2.0, "c.ckpt")["kind"] == "classifier"  # w is ignored on an unconditional model
+
+
+@pytest.mark.slow
+def test_classifier_guidance_raises_the_class_accuracy_of_samples(tmp_path):
+    """A digits model (400 steps) guided by a noisy classifier (400 steps), judged by the project classifier: at
+    s = 0 the labels are independent of the samples, so E[acc] = 1/K exactly (balanced labels); at s = 4 the
+    accuracy is far above it (measured: 0.08 at s = 0, 0.70 at s = 4 with 600-step models, n = 200)."""
+    common = ["data=digits", "schedule.num_timesteps=200", "trainer.max_steps=400", "trainer.max_time=null",
+              "trainer.val_check_interval=400", "trainer.limit_val_batches=1", "logger=none", "trainer.enable_progress_bar=false"]
+    train(compose("train", [*common, "model=unet", "model.base_channels=16", "model.channel_mult=[1,2]",
+                            "model.attention_resolutions=[4]", "callbacks.sample.every_n_steps=0",
+                            "callbacks.sample.at_end=false", "print_config=false", "~callbacks.progress_bar"], tmp_path / "diff"))
+    clf = train_classifier(compose("train_classifier", common, tmp_path / "clf"))["checkpoint"]
+    n, acc, se = 200, {}, {}
+    for s in (0, 4):
+        cfg = compose("evaluate", [f"ckpt_path={tmp_path / 'diff' / 'run' / 'checkpoints' / 'last.ckpt'}", "guidance=classifier",
+                                   f"guidance.scale={s}", f"classifier_ckpt={clf}", "metrics=[class_accuracy]",
+                                   f"num_samples={n}", f"batch_size={n}", "sampler=ddim", "sampler.steps=20",
+                                   f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path / f"s{s}")
+        rec = evaluate(cfg)
+        acc[s], se[s] = rec["values"]["class_accuracy"], rec["values"]["class_accuracy_stderr"]
+    chance_se = math.sqrt(0.1 * 0.9 / n)
+    assert abs(acc[0] - 0.1) < 4 * chance_se, acc
+    assert acc[4] - acc[0] > 4 * math.sqrt(chance_se**2 + se[4] ** 2), acc
