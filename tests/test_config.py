@@ -144,3 +144,17 @@ def test_sample_and_evaluate_configs_compose(tmp_path):
         if (CONF / f"{name}.yaml").is_file():
             cfg = compose(name, ["ckpt_path=x.ckpt"], tmp_path)
             assert cfg.ckpt_path == "x.ckpt"
+
+
+@pytest.mark.parametrize("name", ["train_autoencoder", "train_classifier", "distill"])
+def test_task_configs_keep_their_own_trainer_budget(name, tmp_path):
+    """A task config's own `trainer:` block must win over the trainer group's defaults (`_self_` last):
+    train_autoencoder shipped with `_self_` first, so its 8-minute budget silently became no budget."""
+    import yaml
+
+    from conftest import CONF, compose
+
+    own = yaml.safe_load((CONF / f"{name}.yaml").read_text()).get("trainer") or {}
+    cfg = compose(name, [], tmp_path)
+    for key, value in own.items():
+        assert cfg.trainer[key] == value, (name, key, cfg.trainer[key], value)

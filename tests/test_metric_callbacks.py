@@ -63,7 +63,7 @@ def test_points_extractor_and_metric_resolution():
     with pytest.raises(ValueError, match="points"):
         ext(torch.ones(3, 1, 2, 2))
     assert resolve_metrics(None, points=True) == ("fid", "kid", "swd")
-    assert resolve_metrics(None, points=False) == ("fid", "kid", "is")
+    assert resolve_metrics(None, points=False) == ("fid", "kid", "is", "confident")
     with pytest.warns(UserWarning, match="IS needs"):
         assert resolve_metrics(["fid", "is"], points=True) == ("fid",)
     with pytest.raises(ValueError, match="unknown"):

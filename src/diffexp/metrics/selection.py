@@ -109,7 +109,7 @@ def resolve_metrics(metrics: Sequence[str] | str | None, points: bool, extractor
     out = []
     for m in chosen:
         if m in ("is", "confident", "class_accuracy") and (points or (extractor is not None and extractor.num_classes is None)):
-            warnings.warn(f"{m} needs an extractor with class logits; skipped", stacklevel=2)
+            warnings.warn(f"{'IS' if m == 'is' else m} needs an extractor with class logits; skipped", stacklevel=2)
         elif m == "swd" and not points:
             warnings.warn("swd (sliced Wasserstein) is computed for 2-D point data only; skipped", stacklevel=2)
         else:
