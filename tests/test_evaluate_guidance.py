@@ -215,3 +215,17 @@ def test_classifier_guidance_raises_the_class_accuracy_of_samples(tmp_path):
     chance_se = math.sqrt(0.1 * 0.9 / n)
     assert abs(acc[0] - 0.1) < 4 * chance_se, acc
     assert acc[4] - acc[0] > 4 * math.sqrt(chance_se**2 + se[4] ** 2), acc
+
+
+def test_training_metrics_callback_reports_class_accuracy_of_a_conditional_model(tmp_path):
+    """The MetricsCallback passes the labels its samples were drawn for: class_accuracy is logged under its key."""
+    cfg = compose("train", [*DIGITS, *TINY_UNET, "conditional=true", "sampler=ddim", "sampler.steps=3", "trainer.max_steps=2",
+                            "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "logger=none", "extractor=random",
+                            "callbacks=[default,metrics]", "callbacks.sample.every_n_steps=0", "callbacks.sample.at_end=false",
+                            "callbacks.metrics.metrics=[fid,class_accuracy]", "callbacks.metrics.num_samples=20",
+                            "callbacks.metrics.batch_size=10", "callbacks.metrics.num_real=32", "callbacks.metrics.every_n_steps=0",
+                            f"paths.cache_dir={tmp_path / 'cache'}", "print_config=false", "~callbacks.progress_bar",
+                            "trainer.enable_progress_bar=false"], tmp_path)
+    final = train(cfg)
+    keys = [k for k in final if k.startswith("class_accuracy/random-") and "/n20/ddpm/ddim-3/" in k]
+    assert len(keys) == 1 and min(abs(float(final[keys[0]]) - i / 20) for i in range(21)) < 1e-6  # a share of 20 samples

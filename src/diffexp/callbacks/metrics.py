@@ -183,7 +183,8 @@ class MetricsCallback(PeriodicCallback):
                 sample_fn, self.num_samples, self.extractor, self.real_stats, batch_size=self.batch_size,
                 metrics=self.metrics, seed_offset=self.seed, data_range=image_range(pl_module),
                 kid_subset_size=self.kid_subset_size, kid_subsets=self.kid_subsets,
-                kid_max_samples=self.kid_max_samples, swd_projections=self.swd_projections, device=device)
+                kid_max_samples=self.kid_max_samples, swd_projections=self.swd_projections, device=device,
+                label_fn=lambda seeds: class_labels(seeds, self.seed, num_classes, device))  # class_accuracy
         finally:
             pl_module.train(was_training)
         T = pl_module.process.num_timesteps
@@ -198,7 +199,8 @@ class MetricsCallback(PeriodicCallback):
         result["keys"] = values
         log_values(trainer, values, step)
         self._record(trainer, result)
-        shown = ", ".join(f"{m}={result[m]:.5g}" for m in ("fid", "kid", "is", "swd") if result.get(m) is not None)
+        shown = ", ".join(f"{m}={result[m]:.5g}" for m in ("fid", "kid", "is", "class_accuracy", "swd")
+                          if result.get(m) is not None)
         rank_zero_info(f"[metrics] step {step} {result_label(result)} ({weights}, n={self.num_samples}, "
                        f"{self.extractor.tag}): {shown} ({result['seconds']:.1f} s)")
         return result
