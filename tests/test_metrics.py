@@ -418,7 +418,8 @@ def test_confidence_counts_and_balance():
     f = torch.randn(6, 3)
     logits = torch.tensor([[10., 0, 0], [0, 10., 0], [0, 0, 10.], [1., 1, 1], [10., 0, 0], [0, 0.5, 0]])
     acc = FeatureAccumulator(3, 3, kid_max_samples=0)
-    acc.update(f[:3], logits[:3]); acc.update(f[3:], logits[3:])
+    acc.update(f[:3], logits[:3])
+    acc.update(f[3:], logits[3:])
     c = acc.statistics().confidence()
     assert c["confident"] == 4 / 6 and c["confident_threshold"] == 0.9
     assert c["class_counts"] == [3, 2, 1]
