@@ -16,8 +16,9 @@ std apart, so misassignment is negligible) and, with k = 4 standard errors at n 
   Var(S_ij) = (Σ_ij² + Σ_ii Σ_jj)/(n_k - 1) (Wishart).
 
 The samplers' own discretisation bias is not in these bounds. Measured once with n = 20000 at the shipped
-settings, it stays below half of each tolerance at n = 2000: heun-18 and dpmpp_2m-20 put the small
-component's mean ≈ 0.1 too far out with variance ≈ +10% (tolerances 0.2 and 0.28 for n_k ≈ 400),
+settings, it stays below half of each tolerance at n = 2000: heun-18 puts the small component's mean
+≈ 0.1 too far out with variance ≈ +10% (tolerances 0.2 and 0.28 for n_k ≈ 400), dpmpp_2m-30 its variance
+along the modes' axis +9% (at 20 steps it failed 10-26% of independent n = 2000 draws; docs/samplers.md),
 ddim-50 its means ≈ 0.05 too far in, annealed Langevin (20 levels) weights 0.217/0.783 (tolerance 0.036)
 and variances ≈ +6%; ddpm and pc show no bias beyond the sampling noise.
 """

@@ -392,7 +392,7 @@ def test_names_and_nfe():
     assert DDIMSampler(steps=50).name == "ddim-50" and DDIMSampler(steps=50).nfe(1000) == 50
     assert HeunSampler().name == "heun-18" and HeunSampler().nfe(1000) == 35
     assert HeunSampler(solver="euler").nfe(1000) == 18
-    assert DPMSolverPP2MSampler().name == "dpmpp_2m-20" and DPMSolverPP2MSampler().nfe(1000) == 20
+    assert DPMSolverPP2MSampler().name == "dpmpp_2m-30" and DPMSolverPP2MSampler().nfe(1000) == 30
     assert DDPMSampler().nfe(1000) == 1000 and DDPMSampler(steps=100).name == "ddpm-100"
     assert LangevinSampler(10, 100).nfe(1000) == 1001 and PCSampler().nfe(1000) == 1999
     assert LangevinSampler().nfe(1000) == 2001 and LangevinSampler().name == "langevin-20x100"

@@ -18,9 +18,14 @@ class DPMSolverPP2MSampler(Sampler):
     which is Lu et al.'s x_{t_i} = (σ_{t_i}/σ_{t_{i-1}}) x - α_{t_i}(e^{-h_i}-1) D_i divided by α_{t_i}.
     The first step, and the last one (to σ = 0, returning x̂_0), are first order. ``spacing`` (any grid of
     :mod:`diffexp.samplers.grids`; also ``shift``): ``karras``
-    (ρ = 7), ``logsnr`` (uniform in λ) or ``time`` (uniform timestep indices); N steps = N evaluations."""
+    (ρ = 7), ``logsnr`` (uniform in λ) or ``time`` (uniform timestep indices); N steps = N evaluations.
 
-    def __init__(self, steps: int = 20, spacing: str = "karras", rho: float = 7.0, clip_denoised: bool = True):
+    The default is 30 steps, not Lu et al.'s 20 for images: on a mixture whose modes split at σ ≈ 3-10 the
+    scheme reaches its second-order regime only from ≈ 40 steps (edm, small mode's variance along the
+    axis: +12% at 20 steps, +9% at 30, +6% at 40, +1.5% at 80, +0.3% at 160; docs/samplers.md), and 20
+    steps failed the shipped-default mixture check in 10-26% of independent draws on every family."""
+
+    def __init__(self, steps: int = 30, spacing: str = "karras", rho: float = 7.0, clip_denoised: bool = True):
         super().__init__(clip_denoised)
         check_choice("spacing", spacing, SPACINGS)
         check_positive("rho", rho)
