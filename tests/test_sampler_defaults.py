@@ -19,7 +19,7 @@ The samplers' own discretisation bias is not in these bounds. Measured once with
 settings, it stays below half of each tolerance at n = 2000: heun-18 puts the small component's mean
 ≈ 0.1 too far out with variance ≈ +10% (tolerances 0.2 and 0.28 for n_k ≈ 400), dpmpp_2m-30 its variance
 along the modes' axis +9% (at 20 steps it failed 10-26% of independent n = 2000 draws; docs/samplers.md),
-ddim-50 its means ≈ 0.05 too far in, annealed Langevin (20 levels) weights 0.217/0.783 (tolerance 0.036)
+ddim-50 its means ≈ 0.05 too far in, annealed Langevin (20 levels x 150) weights 0.214/0.786 (tolerance 0.036; 0.217 at NCSN's 100 steps a level)
 and variances ≈ +6%; ddpm and pc show no bias beyond the sampling noise.
 """
 
@@ -120,8 +120,8 @@ def test_the_check_catches_per_sample_corrector_norms(tmp_path):
 
 @pytest.mark.slow
 def test_the_check_catches_a_coarse_langevin_ladder(tmp_path):
-    """The previous langevin default (10 levels, ratio 2.9 on this schedule) freezes the weights."""
+    """An earlier langevin default (10 levels x 100, ratio 2.9 on this schedule) freezes the weights."""
     _, process, _ = shipped("langevin", tmp_path)
     assert math.isclose(float(process.schedule.sigmas[0]), 0.01, rel_tol=1e-3)  # NCSN's σ_L, as documented
-    coarse = draw(LangevinSampler(num_levels=10), mixture_model(process))
+    coarse = draw(LangevinSampler(num_levels=10, steps_per_level=100), mixture_model(process))
     assert any("weights" in e for e in mixture_errors(coarse))

@@ -395,7 +395,7 @@ def test_names_and_nfe():
     assert DPMSolverPP2MSampler().name == "dpmpp_2m-30" and DPMSolverPP2MSampler().nfe(1000) == 30
     assert DDPMSampler().nfe(1000) == 1000 and DDPMSampler(steps=100).name == "ddpm-100"
     assert LangevinSampler(10, 100).nfe(1000) == 1001 and PCSampler().nfe(1000) == 1999
-    assert LangevinSampler().nfe(1000) == 2001 and LangevinSampler().name == "langevin-20x100"
+    assert LangevinSampler().nfe(1000) == 3001 and LangevinSampler().name == "langevin-20x150"
 
 
 def test_default_langevin_step_is_ncsns_ratio_on_any_sigma_min():
