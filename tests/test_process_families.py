@@ -248,3 +248,17 @@ def test_langevin_runs_on_a_continuous_family():
                                                                             generator=torch.Generator().manual_seed(6))
     assert torch.isfinite(x).all()
     torch.testing.assert_close(x.mean(0).double(), MU, rtol=0, atol=0.15)
+
+def test_flow_starts_from_the_marginal_of_unit_variance_data():
+    """x_t = (1 − t) x0 + t ε has std √((1 − t)² + t²) for unit-variance x0: the samplers' start, in x and in VE
+    terms (√(1 + σ²), as on VP), not N(0, I) / 1 + σ (1.2 % too wide at EDM's σ_max = 80)."""
+    import math
+
+    from diffexp.processes import FlowProcess
+
+    p = FlowProcess(sample_sigma_min=0.002, sample_sigma_max=80.0)
+    t = p.sample_t_max
+    assert t == pytest.approx(80 / 81)
+    assert p.prior_std == pytest.approx(math.sqrt((1 - t) ** 2 + t**2))
+    assert p.ve_prior_scale(80.0) == pytest.approx(math.sqrt(1 + 80.0**2))
+    assert p.ve_prior_scale(80.0) == pytest.approx(p.prior_std / (1 - t))  # the same start, x-space or VE
