@@ -27,7 +27,6 @@ is recorded too. Results: ``bench/results/bench_peer.json`` (``bench_peer_<side>
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile
@@ -47,12 +46,12 @@ from hydra.utils import instantiate  # noqa: E402
 
 from diffexp.build import build_module, data_info  # noqa: E402
 from diffexp.metrics import ClassifierExtractor, compute_metrics, default_cache_dir, reference_stats  # noqa: E402
+from diffexp.metrics.stats import CONFIDENT  # noqa: E402
 
 PEER_UNET = {"dim": 16, "dim_mults": (1, 2, 4), "attn_heads": 2, "attn_dim_head": 16}
 PEER_DIFFUSION = {"timesteps": 1000, "objective": "pred_v", "beta_schedule": "sigmoid", "min_snr_loss_weight": True,
                   "min_snr_gamma": 5}
 PEER_TRAIN = {"lr": 1e-3, "adam_betas": (0.9, 0.99), "max_grad_norm": 1.0, "ema_decay": 0.995, "ema_update_every": 10}
-CONFIDENT = 0.9
 
 
 class TrainClock:
@@ -84,32 +83,12 @@ class TrainClock:
         return self.now() >= self.budget_s
 
 
-def confidence(extractor: ClassifierExtractor, x: torch.Tensor, threshold: float = CONFIDENT) -> dict:
-    """Share of images whose classifier max softmax ≥ threshold; predicted-class counts and their entropy."""
-    probs = []
-    with torch.no_grad():
-        for i in range(0, len(x), 500):
-            probs.append(extractor(x[i:i + 500])[1].float().softmax(dim=1))
-    p = torch.cat(probs)
-    counts = torch.bincount(p.argmax(dim=1), minlength=p.shape[1]).double()
-    share = counts / counts.sum()
-    entropy = max(0.0, float(-(share[share > 0] * share[share > 0].log()).sum() / math.log(p.shape[1])))
-    return {"confident": float((p.max(dim=1).values >= threshold).double().mean()), "confident_threshold": threshold,
-            "class_counts": [int(c) for c in counts], "class_entropy": entropy}
-
-
 def score(sample_fn, n: int, extractor, real, batch_size: int) -> dict:
-    """FID/KID of ``n`` samples (seeds 0..n-1) plus :func:`confidence` of the same samples."""
-    kept: list[torch.Tensor] = []
-
-    def keep(seeds):
-        x = sample_fn(seeds)
-        kept.append(x.detach().float().clamp(-1, 1).cpu())
-        return x
-
-    res = compute_metrics(keep, n, extractor, real, batch_size=batch_size, metrics=("fid", "kid"),
+    """FID/KID of ``n`` samples (seeds 0..n-1) and the classifier's confidence on them (``confident``: share
+    with max softmax ≥ 0.9, ``class_entropy``, ``class_counts``; diffexp's ``FeatureStats.confidence``)."""
+    res = compute_metrics(sample_fn, n, extractor, real, batch_size=batch_size, metrics=("fid", "kid", "confident"),
                           kid_subset_size=min(1000, n))
-    return {"fid": res["fid"], "kid": res["kid"], **confidence(extractor, torch.cat(kept))}
+    return {k: res[k] for k in ("fid", "kid", "confident", "confident_threshold", "class_entropy", "class_counts")}
 
 
 def _row(who: str, step: int, clock: TrainClock, res: dict, eval_s: float, loss: float | None) -> dict:

@@ -19,6 +19,10 @@ class UserError(Exception):
     """An error in the user's input or data; its message alone is what the user needs to read."""
 
 
+class ConfigError(UserError, ValueError):
+    """A config that cannot train; the message names the offending keys."""
+
+
 class DataError(UserError, ValueError):
     """Data that cannot be trained on: an unreadable or corrupt file (named), non-finite values, an empty
     split. Not a training problem: the fix is in the data, not in the learning rate."""
