@@ -137,6 +137,9 @@ CASES = [
     ("sample", ["ckpt_path={tmp}/toy.ckpt", "sampler.steps=500"], ["sampler.steps=500", "num_timesteps=50"]),
     ("sample", ["ckpt_path={tmp}/toy.ckpt", "device=banana"], ["device=banana"]),
     ("sample", ["ckpt_path={tmp}/toy.ckpt", "guidance_scale=abc"], ["guidance_scale=abc", "number"]),
+    ("sample", ["ckpt_path={tmp}/toy.ckpt", "guidance_scale=-1"], ["guidance_scale=-1", ">= 0"]),
+    ("train", ["guidance_scale=1.25"], ["guidance_scale=1.25", "class-conditional", "conditional=true"]),
+    SLOW("evaluate", ["ckpt_path={tmp}/toy.ckpt", "metrics=[swd]", "guidance_scale=2"], ["guidance_scale=2", "unconditional"]),
     # evaluate.py
     ("evaluate", ["ckpt_path={tmp}/toy.ckpt", "metrics=[swd,bogus]"], ["metrics=", "'bogus'", "'swd'"]),
     SLOW("evaluate", ["ckpt_path={tmp}/toy.ckpt", "metrics=[swd]", "num_samples=0"], ["num_samples=0"]),

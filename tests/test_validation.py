@@ -136,6 +136,24 @@ def test_guidance_needs_a_conditional_model_trained_with_label_dropout(tmp_path)
     check(tmp_path, ["conditional=true", "+callbacks.sample.guidance_scale=3.0"])
 
 
+def test_the_recipe_guidance_scale_is_checked_under_its_own_key(tmp_path):
+    """The top-level guidance_scale (which the sample/metrics callbacks interpolate) is named as itself, once."""
+    msg = rejected(tmp_path, ["guidance_scale=1.25", "callbacks=with_metrics"], "guidance_scale=1.25 needs a class-conditional",
+                   "conditional=true")
+    assert "callbacks." not in msg and msg.count("guidance_scale=1.25") == 1, msg
+    rejected(tmp_path, ["conditional=true", "guidance_scale=1.25", "module.label_dropout=0"], "guidance_scale=1.25",
+             "module.label_dropout=0")
+    rejected(tmp_path, ["guidance_scale=-0.5"], "guidance_scale=-0.5: must be >= 0")
+    rejected(tmp_path, ["guidance_scale=abc"], "guidance_scale=abc: must be a number")
+    rejected(tmp_path, ["guidance_scale=null"], "guidance_scale=None: must be a number")
+    cfg = check(tmp_path, ["conditional=true", "guidance_scale=1.25"])
+    assert cfg.callbacks.sample.guidance_scale == 1.25
+    check(tmp_path, ["guidance_scale=1"])  # an unconditional recipe at w = 1 (the default)
+    # a callback's own value differing from the recipe's is named by the callback key
+    rejected(tmp_path, ["conditional=true", "guidance_scale=1.25", "callbacks.sample.guidance_scale=-1"],
+             "callbacks.sample.guidance_scale=-1: must be >= 0")
+
+
 def test_unknown_prediction(tmp_path):
     rejected(tmp_path, ["prediction=noise"], "prediction=noise", "valid", "'eps'")
 

@@ -36,3 +36,14 @@ def accepts(target: str, name: str) -> bool:
     except (ImportError, AttributeError, ValueError, TypeError):
         return True
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def guidance_scale_problem(key: str, value: Any) -> str | None:
+    """Why ``key=value`` is not a classifier-free guidance scale (None when it is one): w must be a number >= 0
+    in ε̂_w = ε̂_u + w (ε̂_c − ε̂_u) (Ho & Salimans 2022): w = 1 is the conditional model alone (no guidance), w = 0
+    the unconditional one; w < 0 would push samples away from their class, which no recipe means."""
+    if not is_number(value):
+        return f"{key}={value}: must be a number >= 0 (1.0: no guidance)"
+    if value < 0:
+        return f"{key}={value}: must be >= 0 (1.0: no guidance; 0: the unconditional model)"
+    return None

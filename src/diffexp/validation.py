@@ -26,7 +26,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffexp.config_values import accepts, is_int, is_number, select
+from diffexp.config_values import accepts, guidance_scale_problem, is_int, is_number, select
 from diffexp.errors import ConfigError, UserError
 from diffexp.validation_diffusion import (
     check_objective,
@@ -116,19 +116,27 @@ def _check_conditioning(cfg: DictConfig, datamodule, errors: list[str]) -> None:
         errors.append(f"conditional=true needs labelled data, but data ({name}) has no class labels; "
                       "set conditional=false or use a labelled dataset (e.g. toy2d gaussian_mixture or moons)")
         return
-    num_classes = resolved_num_classes(cfg, datamodule)
+    # class-conditional (conditional=true without the data module to count its classes: assumed labelled)
+    conditional = resolved_num_classes(cfg, datamodule) is not None or (datamodule is None and cfg.get("conditional", False))
     dropout = select(cfg, "module.label_dropout", 0.1)
+    # The recipe's scale (top-level guidance_scale, stored with the checkpoint) and any callback's own: a callback
+    # that interpolates the top-level value (conf/callbacks/sample.yaml, metrics.yaml) is reported under that key.
+    top = cfg.get("guidance_scale", 1.0)
+    scales = [("guidance_scale", top)]
     for name, node in (cfg.get("callbacks") or {}).items():
-        if not isinstance(node, DictConfig):
-            continue
-        scale = node.get("guidance_scale", 1.0)
-        if scale in (None, 1.0, 1):
-            continue
-        if num_classes is None:
-            errors.append(f"callbacks.{name}.guidance_scale={scale} needs a class-conditional model; "
-                          "set conditional=true (on labelled data) or guidance_scale=1.0")
-        elif not dropout:
-            errors.append(f"callbacks.{name}.guidance_scale={scale} needs the unconditional model, but "
+        if isinstance(node, DictConfig) and "guidance_scale" in node:
+            scale = node.get("guidance_scale")
+            if not (OmegaConf.is_interpolation(node, "guidance_scale") and scale == top):
+                scales.append((f"callbacks.{name}.guidance_scale", scale))
+    for key, scale in scales:
+        problem = guidance_scale_problem(key, scale)
+        if problem:
+            errors.append(problem)
+        elif scale != 1 and not conditional:
+            errors.append(f"{key}={scale} needs a class-conditional model; "
+                          f"set conditional=true (on labelled data) or {key}=1.0")
+        elif scale != 1 and not dropout:
+            errors.append(f"{key}={scale} needs the unconditional model, but "
                           "module.label_dropout=0 never trains it (null label); set module.label_dropout > 0 (e.g. 0.1)")
 
 

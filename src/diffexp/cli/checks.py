@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from diffexp.config_values import guidance_scale_problem
 from diffexp.validation import ConfigError, check_samplers
 
 SPLITS = ("train", "val", "test")
@@ -19,10 +20,6 @@ SPLITS = ("train", "val", "test")
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
 def _positive_ints(cfg: DictConfig, keys: tuple[str, ...], errors: list[str], allow_null: bool = False) -> None:
@@ -35,13 +32,14 @@ def _positive_ints(cfg: DictConfig, keys: tuple[str, ...], errors: list[str], al
 
 
 def _check_common(cfg: DictConfig, errors: list[str]) -> None:
-    """seed an int, guidance_scale a number, ema a bool, device one this machine has. (ckpt_path / pretrained:
+    """seed an int, guidance_scale null or a number >= 0, ema a bool, device one this machine has. (ckpt_path / pretrained:
     exactly one, checked by diffexp.interop.pretrained.load_model.)"""
     if not _is_int(cfg.get("seed")):
         errors.append(f"seed={cfg.get('seed')}: must be an integer")
-    g = cfg.get("guidance_scale", 1.0)
-    if not _is_number(g):
-        errors.append(f"guidance_scale={g}: must be a number (1.0: no guidance)")
+    g = cfg.get("guidance_scale")  # null: the checkpoint's recipe value (diffexp.guidance.setup.resolve_guidance_scale)
+    problem = None if g is None else guidance_scale_problem("guidance_scale", g)
+    if problem:
+        errors.append(problem)
     if not isinstance(cfg.get("ema", True), bool):
         errors.append(f"ema={cfg.get('ema')}: must be true or false")
     problem = device_problem(cfg.get("device", "auto"))
@@ -86,12 +84,13 @@ def check_sample_config(cfg: DictConfig) -> None:
 
 
 def check_against_checkpoint(cfg: DictConfig, module) -> None:
-    """After loading: the sampler fits the checkpoint's schedule, labels and guidance fit its classes."""
+    """After loading: the sampler fits the checkpoint's schedule, labels and guidance fit its classes.
+    (``guidance_scale`` is the resolved number here: null was replaced by the checkpoint's recipe value.)"""
     errors = check_samplers(cfg, module.process)
     k = module.num_classes
     label = cfg.get("class_label")
     classifier = OmegaConf.select(cfg, "guidance.name", default="none") == "classifier"  # labels for the classifier
-    if k is None and (label is not None and not classifier or cfg.get("guidance_scale", 1.0) != 1.0):
+    if k is None and (label is not None and not classifier or cfg.get("guidance_scale") not in (None, 1, 1.0)):
         key = f"class_label={label}" if label is not None else f"guidance_scale={cfg.guidance_scale}"
         source = cfg.get("ckpt_path") or cfg.get("pretrained")
         errors.append(f"{key}: needs a class-conditional checkpoint, but {source} is unconditional")

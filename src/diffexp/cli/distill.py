@@ -2,7 +2,8 @@
 
 The student is a DiffusionModule trained by :func:`diffexp.cli.train.train` (same trainer, callbacks, EMA,
 checkpoints, resume, DDP) with a distillation objective of :mod:`diffexp.distill.objectives`. Data, model,
-schedule/process and conditioning come from the teacher's checkpoint; the consistency methods wrap the
+schedule/process and conditioning (and, unless ``guidance_scale`` is given, the recipe's CFG scale) come from the
+teacher's checkpoint; the consistency methods wrap the
 network as f = c_skip x + c_out F (``module.precondition=consistency``, ``prediction=x0``) and sample with
 ``sampler=consistency``; progressive distillation runs its rounds here, one run directory and checkpoint
 each (``round-<N>/``), and its students sample with DDIM (``spacing=trailing``) on their own grids.
@@ -27,6 +28,7 @@ prepare_launch()
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
+from diffexp.guidance.setup import recipe_guidance_scale  # noqa: E402
 from diffexp.validation import ConfigError  # noqa: E402
 
 METHODS = ("progressive", "consistency_distillation", "consistency_training")
@@ -48,6 +50,9 @@ def student_config(cfg: DictConfig, teacher_cfg: dict | None) -> DictConfig:
                     cfg[key] = {"_target_": "diffexp.process.DiffusionProcess"}  # pre-family checkpoints: ddpm
             if "prediction" in teacher_cfg and method == "progressive":
                 cfg.prediction = teacher_cfg["prediction"]
+        if cfg.get("guidance_scale") is None:  # null: the teacher recipe's CFG scale (1.0 when it stores none); the
+            # student learns both the conditional and the null-label predictions, so it samples at the same w
+            cfg.guidance_scale = recipe_guidance_scale(teacher_cfg, f"teacher={cfg.get('teacher')}")
         cfg.objective = cfg.distill.objective
         cfg.module.precondition = cfg.distill.precondition
         if method != "progressive":

@@ -32,6 +32,9 @@ sweep directory so that one summary covers both::
 (the summary scans every ``evaluation.json`` below the sweep directory; distinct sub-directories keep
 the jobs of both sweeps apart). ``python -m diffexp.cli.evaluate --summarize DIR`` rewrites a summary.
 
+Classifier-free guidance: ``guidance_scale: null`` (the default) is the scale of the checkpoint's recipe (train.py's
+top-level ``guidance_scale``; 1.0 for checkpoints without one), an explicit number overrides it; the record holds
+the number used and ``guidance_scale_source`` (explicit | checkpoint | default).
 Classifier guidance (:mod:`diffexp.guidance`) as in ``sample.py``, composable with classifier-free guidance
 (``guidance_scale``); ``class_accuracy`` is the share of samples the project classifier (``extractor=classifier``)
 assigns to the class they were drawn for (sample i: class i mod K). The accuracy-vs-scale table::
@@ -67,7 +70,12 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from diffexp.atomic import atomic_write_json  # noqa: E402
 from diffexp.cli.checks import check_against_checkpoint, check_evaluate_config, check_nll_against_checkpoint  # noqa: E402
 from diffexp.guidance.noisy_classifier import classifier_guidance_from_config  # noqa: E402
-from diffexp.guidance.setup import check_classifier_fits, guidance_record, label_classes  # noqa: E402
+from diffexp.guidance.setup import (  # noqa: E402
+    check_classifier_fits,
+    guidance_record,
+    label_classes,
+    use_recipe_guidance_scale,
+)
 from diffexp.interop.pretrained import load_model  # noqa: E402
 from diffexp.latent import image_range, image_shape, label_latent_nll, nll_datamodule, to_images  # noqa: E402
 from diffexp.logs import route_to_run_log, say  # noqa: E402
@@ -144,6 +152,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(int(cfg.seed))
     guidance = classifier_guidance_from_config(cfg, device)  # guidance=classifier: classifier_ckpt and scale checked now
     module = load_model(cfg.ckpt_path, cfg.get("pretrained"), map_location=device).to(device)  # or pretrained=DIR
+    scale, scale_source = use_recipe_guidance_scale(cfg, module)  # null: the checkpoint's recipe value
     check_against_checkpoint(cfg, module)
     check_classifier_fits(module, guidance, cfg.get("classifier_ckpt"))
     if "class_accuracy" in metrics and label_classes(module, guidance) is None:
@@ -173,8 +182,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         sampler = instantiate(cfg.sampler)
         record.update(sampler=sampler_label(sampler, T), sampler_class=type(sampler).__name__,
                       sampler_config=OmegaConf.to_container(cfg.sampler, resolve=True), nfe=sampler.nfe(T),
-                      guidance_scale=float(cfg.guidance_scale),
-                      guidance=guidance_record(module, guidance, float(cfg.guidance_scale), cfg.get("classifier_ckpt")))
+                      guidance_scale=scale, guidance_scale_source=scale_source,
+                      guidance=guidance_record(module, guidance, scale, cfg.get("classifier_ckpt")))
         record["sampler_name"] = sampler.name
         record["family"] = sampler_family(sampler.name)  # heun-18 (35 NFE) -> heun: one curve per family
     if sample_metrics:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from diffexp.atomic import atomic_write_json  # noqa: E402
 from diffexp.cli.checks import check_against_checkpoint, check_sample_config  # noqa: E402
 from diffexp.guidance.noisy_classifier import classifier_guidance_from_config  # noqa: E402
-from diffexp.guidance.setup import check_classifier_fits, label_classes  # noqa: E402
+from diffexp.guidance.setup import check_classifier_fits, label_classes, use_recipe_guidance_scale  # noqa: E402
 from diffexp.images import samples_to_image, save_png, to_uint8  # noqa: E402
 from diffexp.interop.pretrained import load_model  # noqa: E402
 from diffexp.latent import image_range, to_images  # noqa: E402
@@ -64,6 +64,7 @@ def sample(cfg: DictConfig) -> dict:
     device = pick_device(cfg.device)
     # ckpt_path=CKPT, or pretrained=DIR: a local diffusers pipeline folder or a diffexp export (diffexp.interop)
     module = load_model(cfg.ckpt_path, cfg.get("pretrained"), map_location=device).to(device)
+    scale, scale_source = use_recipe_guidance_scale(cfg, module)  # null: the checkpoint's recipe value
     check_against_checkpoint(cfg, module)  # sampler steps vs its schedule, labels vs its classes
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler = instantiate(cfg.sampler)
@@ -100,7 +101,8 @@ def sample(cfg: DictConfig) -> dict:
         "nfe": nfe,
         "num_samples": cfg.num_samples,
         "seeds": [cfg.seed, cfg.seed + cfg.num_samples - 1],
-        "guidance_scale": cfg.guidance_scale,
+        "guidance_scale": scale,
+        "guidance_scale_source": scale_source,  # explicit | checkpoint (its recipe) | default (none stored: 1.0)
         "class_label": cfg.class_label,
         "classifier_guidance": None if guidance is None else {"scale": guidance.scale, "classifier_ckpt": cfg.classifier_ckpt},
         "device": str(device),

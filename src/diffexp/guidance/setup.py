@@ -6,6 +6,10 @@ Labels: sample i (seed offset + i) is drawn for class i mod K (balanced classes)
 (class-conditional / classifier-free guidance) or else the guidance classifier's. Both guidances compose: the
 classifier-free combination ε̂_w = ε̂_u + w (ε̂_c − ε̂_u) is made first, then classifier guidance shifts it,
 ε̃ = ε̂_w − s σ_t ∇ log p_φ(y | x_t) (:class:`diffexp.denoiser.Denoiser`, :mod:`diffexp.guidance.classifier`).
+
+The CFG scale w is part of a recipe: train.py's top-level ``guidance_scale`` is stored with the checkpoint's
+config, and ``guidance_scale: null`` in sample.py / evaluate.py / distill.py means that value
+(:func:`resolve_guidance_scale`), so a checkpoint is sampled and scored at the scale it was made for.
 """
 
 from __future__ import annotations
@@ -13,8 +17,62 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from diffexp.config_values import guidance_scale_problem
 from diffexp.guidance.classifier import ClassifierGuidance
 from diffexp.validation import ConfigError
+
+NO_GUIDANCE = 1.0  # w = 1: the conditional model alone; the scale of checkpoints written before the recipe key
+# Where the scale a job uses came from (recorded as ``guidance_scale_source``).
+EXPLICIT, RECIPE, DEFAULT = "explicit", "checkpoint", "default"
+
+
+def recipe_guidance_scale(config: dict[str, Any] | None, source: Any = "the checkpoint") -> float:
+    """The CFG scale a stored training config says its model samples with: its top-level ``guidance_scale``, or
+    1.0 (no guidance) when it has none (checkpoints from before the key, diffusers folders without a diffexp
+    config). A stored value that is not a scale w >= 0 is a :class:`ConfigError` naming ``source``."""
+    if not config or config.get("guidance_scale") is None:
+        return NO_GUIDANCE
+    value = config["guidance_scale"]
+    problem = guidance_scale_problem("guidance_scale", value)
+    if problem:
+        raise ConfigError(f"{source} stores {problem}; pass guidance_scale=<w> to choose the scale")
+    return float(value)
+
+
+def resolve_guidance_scale(requested: Any, module) -> tuple[float, str]:
+    """``(w, source)``: an explicit ``guidance_scale=w`` wins (source ``explicit``); ``null`` takes the scale of the
+    checkpoint's recipe (``checkpoint``), or 1.0 when its config has no ``guidance_scale`` (``default``)."""
+    if requested is not None:
+        problem = guidance_scale_problem("guidance_scale", requested)
+        if problem:
+            raise ConfigError(problem)
+        return float(requested), EXPLICIT
+    config = getattr(module, "config", None) or {}
+    where = (getattr(module, "checkpoint_info", None) or {}).get("path", "the checkpoint")
+    if config.get("guidance_scale") is None:
+        return NO_GUIDANCE, DEFAULT
+    return recipe_guidance_scale(config, where), RECIPE
+
+
+def use_recipe_guidance_scale(cfg, module) -> tuple[float, str]:
+    """Replace the job config's ``guidance_scale`` (null: the checkpoint's recipe value) by the number used, so
+    that every later check and record sees it; print it and return ``(w, source)``."""
+    from omegaconf import open_dict
+
+    from diffexp.logs import say
+
+    scale, source = resolve_guidance_scale(cfg.get("guidance_scale"), module)
+    with open_dict(cfg):
+        cfg.guidance_scale = scale
+    say(describe_guidance_scale(scale, source))
+    return scale, source
+
+
+def describe_guidance_scale(scale: float, source: str) -> str:
+    """The line sample.py and evaluate.py print about the scale they use."""
+    why = {EXPLICIT: "given as guidance_scale=", RECIPE: "the checkpoint's recipe (its stored guidance_scale)",
+           DEFAULT: "the checkpoint stores no guidance_scale: no guidance"}[source]
+    return f"classifier-free guidance scale {scale:g} ({why})"
 
 
 def label_classes(module, guidance: ClassifierGuidance | None) -> int | None:

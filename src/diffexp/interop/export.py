@@ -14,6 +14,11 @@ dict), ``diffexp.json`` (the resolved training config and the data facts the net
 for the ddpm chain, ``scheduler_config.json`` (the process, for diffusers users); :func:`load_exported`
 rebuilds the module from the config by class names and loads the tensors. No pickle anywhere: loading never executes code stored in the folder.
 
+The recipe's classifier-free guidance scale (train.py's ``guidance_scale``) travels in ``diffexp.json`` (its
+config, and a top-level ``guidance_scale`` for people reading the file), so ``sample.py`` / ``evaluate.py
+pretrained=DIR`` sample at it; a diffusers pipeline cannot carry it (``DDPMPipeline`` takes no class labels, and no
+diffusers config field holds a CFG scale): users of the diffusers folder apply w themselves.
+
 Both write the EMA weights by default (``ema=false``: the raw weights; a checkpoint whose EMA was never
 updated exports its raw weights, and ``diffexp.json`` says which were written).
 """
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from diffexp.atomic import atomic_write, atomic_write_json, atomic_write_text
+from diffexp.guidance.setup import recipe_guidance_scale
 from diffexp.interop.pretrained import EXPORT_RECORD
 from diffexp.interop.schedulers import to_scheduler_config
 from diffexp.validation import ConfigError
@@ -78,6 +84,8 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out: str | os.PathLike, form
         "num_classes": module.num_classes, "data_shape": list(module.data_shape),
         "data_range": list(module.data_range) if module.data_range is not None else None,
         "null_label": module.num_classes, "config": module.config,
+        # the recipe's classifier-free guidance scale (also inside config): diffusers pipelines have no place for it
+        "guidance_scale": recipe_guidance_scale(module.config, ckpt_path),
     }
     clip = module.data_range is not None and tuple(module.data_range) == (-1.0, 1.0)
     if format == "diffusers":
