@@ -39,12 +39,19 @@ import diffexp  # noqa: E402,F401  (first: the torchvision shim must precede lig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from common import compose, machine, machine_line, mnist_root, set_threads, table, write_result  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from recipe_quality import (  # noqa: E402
+    QualityCallback,
+    TrainClock,
+    build_recipe,
+    max_time,
+    recipe_evaluator,
+    recipe_trainer,
+    set_sampler_options,
+)
 
-from diffexp.build import build_module, data_info  # noqa: E402
 from diffexp.metrics import ClassifierExtractor, compute_metrics, default_cache_dir, reference_stats  # noqa: E402
 from diffexp.metrics.stats import CONFIDENT  # noqa: E402
 
@@ -52,35 +59,6 @@ PEER_UNET = {"dim": 16, "dim_mults": (1, 2, 4), "attn_heads": 2, "attn_dim_head"
 PEER_DIFFUSION = {"timesteps": 1000, "objective": "pred_v", "beta_schedule": "sigmoid", "min_snr_loss_weight": True,
                   "min_snr_gamma": 5}
 PEER_TRAIN = {"lr": 1e-3, "adam_betas": (0.9, 0.99), "max_grad_norm": 1.0, "ema_decay": 0.995, "ema_update_every": 10}
-
-
-class TrainClock:
-    """Training wall-clock with evaluations excluded: ``due()`` when the next of ``eval_at`` (s) is reached."""
-
-    def __init__(self, budget_s: float, eval_at: list[float]):
-        self.budget_s = budget_s
-        self.pending = sorted(t for t in eval_at if 0 < t < budget_s)
-        self.train_s, self._t0 = 0.0, None
-
-    def start(self) -> None:
-        self._t0 = time.perf_counter()
-
-    def now(self) -> float:
-        return self.train_s + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
-
-    def pause(self) -> float:
-        self.train_s, self._t0 = self.now(), None
-        return self.train_s
-
-    def due(self) -> bool:
-        if self.pending and self.now() >= self.pending[0]:
-            while self.pending and self.now() >= self.pending[0]:
-                self.pending.pop(0)
-            return True
-        return False
-
-    def over(self) -> bool:
-        return self.now() >= self.budget_s
 
 
 def score(sample_fn, n: int, extractor, real, batch_size: int) -> dict:
@@ -153,66 +131,34 @@ def train_peer(args, dm, extractor, real) -> tuple[list[dict], dict]:
 
 
 # ---- diffexp ---------------------------------------------------------------------------------------
-class OursClock(L.Callback):
-    """Evaluates diffexp's EMA weights at the training times of ``clock``, excluding the evaluations from
-    the budget (the Timer's duration is extended by each)."""
-
-    def __init__(self, clock: TrainClock, evaluate, rows: list[dict]):
-        self.clock, self.evaluate_fn, self.rows = clock, evaluate, rows
-
-    def on_train_start(self, trainer, pl_module):
-        self.clock.start()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.clock.due():
-            self._evaluate(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module):
-        if not self.rows or self.rows[-1]["step"] != trainer.global_step:
-            self._evaluate(trainer, pl_module)
-
-    def _evaluate(self, trainer, pl_module):
-        self.clock.pause()
-        seconds = self.evaluate_fn(trainer, pl_module)
-        timer = next((cb for cb in trainer.callbacks if type(cb).__name__ == "Timer"), None)
-        if timer is not None and timer._duration is not None:
-            timer._duration += seconds
-        self.clock.start()
-
-
 def train_ours(args, root, extractor, real) -> tuple[list[dict], dict]:
+    """diffexp's recipe built as train.py builds it (any --experiment: pixel or latent, conditional or not),
+    scored as ``python evaluate.py`` samples (bench/recipe_quality.py); a latent recipe's rows carry its
+    autoencoder's training time (``total_seconds``)."""
     tmp = tempfile.mkdtemp(prefix="diffexp-bench-peer-")
-    secs = int(round(args.budget_s))
     over = [f"experiment={args.experiment}", f"data.root={root}", "callbacks.sample.every_n_steps=null",
-            "callbacks.sample.at_end=false", f"paths.log_dir={tmp}", "print_config=false",
-            f"trainer.max_time='00:{secs // 3600:02d}:{secs % 3600 // 60:02d}:{secs % 60:02d}'",
-            f"sampler.steps={args.sampler_steps}", f"sampler.eta={args.eta}", *args.override]
-    cfg = compose(over, output_dir=tmp)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = instantiate(cfg.data)
-    module = build_module(cfg, data_info(dm))
+            "callbacks.sample.at_end=false", f"paths.log_dir={tmp}", "print_config=false", max_time(args.budget_s)]
+    if args.guidance_scale is not None:
+        over.append(f"++guidance_scale={args.guidance_scale}")
+    cfg = compose(over + list(args.override), output_dir=tmp)
+    sampler_options = set_sampler_options(cfg, args.sampler_steps, args.eta)  # eta only where the sampler has one
+    recipe = build_recipe(cfg)
     sampler = instantiate(cfg.sampler)
-    shape = tuple(module.data_shape)
-    clock, rows = TrainClock(args.budget_s, args.eval_at), []
+    clock = TrainClock(args.budget_s, args.eval_at)
+    quality = QualityCallback(clock, recipe_evaluator(recipe, sampler, clock, args.n, extractor, real, args.batch_size))
 
-    def evaluate(trainer, pl_module) -> float:
-        t = time.perf_counter()
-        den = pl_module.denoiser(ema=True)
-        res = score(lambda seeds: sampler(den, shape=shape, seeds=seeds), args.n, extractor, real, args.batch_size)
-        loss = trainer.callback_metrics.get("train/loss")
-        rows.append(_row("diffexp", trainer.global_step, clock, res, time.perf_counter() - t,
-                         float(loss) if loss is not None else None))
-        return rows[-1]["eval_seconds"]
-
-    from diffexp.cli.train import instantiate_group
-
-    callbacks = instantiate_group(cfg.get("callbacks")) + [OursClock(clock, evaluate, rows)]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")) or False)
-    trainer.fit(module, datamodule=dm)
+    trainer = recipe_trainer(cfg, quality)
+    quality.fit_started = time.perf_counter()
+    trainer.fit(recipe.module, datamodule=recipe.datamodule)
+    module, T = recipe.module, recipe.module.process.num_timesteps
     info = {"params": module.num_parameters(), "steps": trainer.global_step, "precision": str(trainer.precision),
             "recipe": f"experiment={args.experiment}", "overrides": list(args.override),
-            "sampler": f"{sampler.name} (eta {args.eta}), per-sample seeds"}
-    return rows, info
+            "sampler": f"{sampler.name}, per-sample seeds", "sampler_name": sampler.name, "nfe": sampler.nfe(T),
+            "sampler_options": sampler_options, "guidance_scale": recipe.guidance_scale,
+            "process": module.process.name, "prediction": module.prediction, "num_classes": module.num_classes,
+            "autoencoder": recipe.autoencoder, "autoencoder_seconds": recipe.autoencoder_seconds,
+            "before_train_seconds": quality.before_train_seconds}
+    return quality.rows, info
 
 
 def main() -> None:
@@ -221,7 +167,10 @@ def main() -> None:
     p.add_argument("--eval-at", default="90,180,300,480,720", help="training times (s) to evaluate at; and the end")
     p.add_argument("--n", type=int, default=1000, help="samples per evaluation")
     p.add_argument("--sampler-steps", type=int, default=50, help="sampler steps of both sides (equal NFE)")
-    p.add_argument("--eta", type=float, default=1.0, help="DDIM eta of both sides (the default recipe's is 1)")
+    p.add_argument("--eta", type=float, default=1.0,
+                   help="DDIM eta of both sides (the default recipe's is 1; diffexp's only if its sampler has one)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="diffexp's classifier-free guidance scale (default: the recipe's guidance_scale, else 1)")
     p.add_argument("--which", choices=("both", "peer", "diffexp"), default="both")
     p.add_argument("--experiment", default="mnist_cpu", help="diffexp's recipe (default: what `make train` runs)")
     p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides of diffexp's recipe")

@@ -1,23 +1,31 @@
-"""Time to quality on MNIST: classifier-FID of the default recipe's EMA samples against training wall-clock.
+"""Time to quality on MNIST: sample quality of a recipe's EMA weights against training wall-clock.
 
-Trains with the default recipe — ``experiment=mnist_cpu``, what ``make train`` runs: MNIST, the default
-1.19M-parameter UNet, ε-prediction on the linear T=1000 schedule, AdamW 1e-3 with warm-up, EMA 0.999,
-batch 64, bf16 autocast where the CPU has native bf16, a 12-minute wall-clock budget — and pauses the
-training clock every ``--eval-every-min`` minutes of training (and at the end) to evaluate FID/KID of
-``--n`` samples of the EMA weights (the recipe's sampler, per-sample seeds 0..n-1) against
-the MNIST test split, in the feature space of diffexp's MNIST classifier
-(``diffexp.metrics.ClassifierExtractor``; trained once and cached, its hash is recorded). The evaluations
-are excluded from the training clock but not from the recipe's ``max_time`` budget, so the recipe's
-budget is raised by the evaluation time as it goes (``trainer.max_time`` is re-set after each evaluation).
-The sample-grid callback is switched off (a visualisation); validation, checkpoints, logging and the
-progress bar run as in ``make train``.
+Trains a recipe as ``python train.py`` does — by default ``experiment=mnist_cpu``, what ``make train`` runs; any
+``--experiment`` with ``--override``s works: pixel or latent (``--override latent=<autoencoder checkpoint>``, or the
+recipe's ``latent: auto``), unconditional or class-conditional with classifier-free guidance — and pauses the
+training clock every ``--eval-every-min`` minutes of training (and at the end) to score ``--n`` samples of the
+EMA weights drawn exactly as ``python evaluate.py`` draws them (:class:`diffexp.metrics.sampling.ModuleSampleSource`:
+seeds 0..n-1, sample i for class i mod K, the recipe's ``guidance_scale`` or ``--guidance-scale``, latents
+decoded, images clamped) with the recipe's sampler (``--sampler-steps``: its steps; ``--eta``: only for a sampler
+that has one), against the MNIST test split in the feature space of diffexp's MNIST classifier
+(``diffexp.metrics.ClassifierExtractor``; trained once and cached, its hash is recorded): FID, KID, the share of
+samples classified with max softmax >= 0.9 (``confident``) and the class balance (``class_entropy``).
 
-Recorded per evaluation: step, training wall-clock so far (evaluations excluded), FID, KID, the
-evaluation's own time. FID at n=500 is biased upwards against the full test-set reference (compare runs at
-equal n only); the floor at this n — FID of n real training images — is measured too.
+The evaluations are excluded from the training clock but not from the recipe's ``max_time`` budget, so the
+budget is extended by each evaluation (bench/recipe_quality.py). A latent recipe's time axis includes its
+autoencoder's training time (``autoencoder_seconds``, recorded separately; ``total_seconds`` = autoencoder +
+diffusion training): that is part of what ``make train`` costs. The sample-grid callback is switched off (a
+visualisation); validation, checkpoints, logging and the progress bar run as in ``make train``.
+
+Recorded per evaluation: step, training wall-clock so far (evaluations excluded), autoencoder and total seconds,
+FID, KID, confident, class entropy and counts, sampler, NFE, guidance scale, the evaluation's own time. FID at
+n=500 is biased upwards against the full test-set reference (compare runs at equal n only); the floor at this n
+— n real training images — is measured too.
 
     .venv/bin/python bench/bench_time_to_quality.py                    # ~15 min on a 2-core CPU
     .venv/bin/python bench/bench_time_to_quality.py --max-minutes 1 --eval-every-min 0.5 --n 64 --sampler-steps 5
+    .venv/bin/python bench/bench_time_to_quality.py --experiment ldm_mnist --override latent=AE.ckpt \
+        process=flow objective=flow_matching prediction=velocity sampler=dpmpp_2m conditional=true
 """
 
 from __future__ import annotations
@@ -32,67 +40,36 @@ import diffexp  # noqa: F401  (first: the torchvision shim must precede lightnin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from common import compose, machine, machine_line, mnist_root, rel, set_threads, table, write_result  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from recipe_quality import (  # noqa: E402
+    ROW_KEYS,
+    SCORED,
+    QualityCallback,
+    TrainClock,
+    build_recipe,
+    max_time,
+    recipe_evaluator,
+    recipe_trainer,
+    set_sampler_options,
+)
 
-from diffexp.build import build_module, data_info  # noqa: E402
+from diffexp.lr_schedules import parse_duration  # noqa: E402
 from diffexp.metrics import ClassifierExtractor, compute_metrics, default_cache_dir, reference_stats  # noqa: E402
 
 
-class QualityClock(L.Callback):
-    """Evaluates FID every ``every_s`` seconds of training (evaluations excluded) and at the end."""
-
-    def __init__(self, every_s: float, n: int, sampler, extractor, real, batch_size: int):
-        self.every_s, self.n, self.sampler = every_s, n, sampler
-        self.extractor, self.real, self.batch_size = extractor, real, batch_size
-        self.rows: list[dict] = []
-        self.train_s = 0.0
-        self.eval_s = 0.0
-        self._t0: float | None = None
-
-    def on_train_start(self, trainer, pl_module):
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.train_s + time.perf_counter() - self._t0 >= self.every_s * (len(self.rows) + 1):
-            self.evaluate(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module):
-        if not self.rows or self.rows[-1]["step"] != trainer.global_step:
-            self.evaluate(trainer, pl_module)
-
-    def evaluate(self, trainer, pl_module):
-        self.train_s += time.perf_counter() - self._t0
-        t = time.perf_counter()
-        den = pl_module.denoiser(ema=True)
-        shape = tuple(pl_module.data_shape)
-        res = compute_metrics(lambda seeds: self.sampler(den, shape=shape, seeds=seeds), self.n, self.extractor,
-                              self.real, batch_size=self.batch_size, metrics=("fid", "kid"),
-                              kid_subset_size=min(1000, self.n), sampler=self.sampler.name, ema=pl_module.uses_ema)
-        seconds = time.perf_counter() - t
-        self.eval_s += seconds
-        loss = trainer.callback_metrics.get("train/loss")
-        row = {"step": trainer.global_step, "train_seconds": self.train_s, "fid": res["fid"], "kid": res["kid"],
-               "eval_seconds": seconds, "ema": pl_module.uses_ema, "train_loss": float(loss) if loss is not None else None}
-        self.rows.append(row)
-        print(f"[time_to_quality] step {row['step']}: {self.train_s:.0f} s of training, FID {row['fid']:.2f}, "
-              f"KID {row['kid']:.4f} (evaluated in {seconds:.0f} s)", file=sys.stderr, flush=True)
-        # The recipe's wall-clock budget counts training only: push the Timer's limit by the evaluation.
-        timer = next((cb for cb in trainer.callbacks if type(cb).__name__ == "Timer"), None)
-        if timer is not None and timer._duration is not None:
-            timer._duration += seconds
-        self._t0 = time.perf_counter()
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", default="mnist_cpu", help="the recipe (default: mnist_cpu, what `make train` runs)")
     p.add_argument("--max-minutes", type=float, default=None, help="training budget (default: the recipe's max_time)")
     p.add_argument("--eval-every-min", type=float, default=4.0, help="minutes of training between evaluations")
-    p.add_argument("--n", type=int, default=500, help="samples per FID evaluation")
+    p.add_argument("--n", type=int, default=500, help="samples per evaluation")
     p.add_argument("--sampler-steps", type=int, default=None, help="sampler steps (default: the recipe's)")
+    p.add_argument("--eta", type=float, default=None, help="sampler eta, for a sampler that has one (default: the recipe's)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale (default: the recipe's guidance_scale, else 1)")
     p.add_argument("--batch-size", type=int, default=250, help="sampling batch size")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's, as `make train` runs; on a machine shared with other jobs "
@@ -100,7 +77,7 @@ def main() -> None:
     p.add_argument("--cache-dir", default=None, help="classifier / reference-statistics cache (default: diffexp's)")
     p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides of the recipe")
     p.add_argument("--out-dir", default=None)
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     threads = set_threads(args.threads)
     m = machine()
@@ -110,17 +87,16 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="diffexp-bench-ttq-")
     over = [f"experiment={args.experiment}", f"data.root={root}", "callbacks.sample.every_n_steps=null",
             "callbacks.sample.at_end=false", f"paths.log_dir={tmp}", "print_config=false"]
-    if args.sampler_steps:
-        over.append(f"sampler.steps={args.sampler_steps}")
     if args.max_minutes:
-        secs = int(round(args.max_minutes * 60))
-        over.append(f"trainer.max_time='00:{secs // 3600:02d}:{secs % 3600 // 60:02d}:{secs % 60:02d}'")
+        over.append(max_time(args.max_minutes * 60))
+    if args.guidance_scale is not None:
+        over.append(f"++guidance_scale={args.guidance_scale}")
     cfg = compose(over + list(args.override), output_dir=tmp)
+    sampler_options = set_sampler_options(cfg, args.sampler_steps, args.eta)
     cache_dir = args.cache_dir or str(default_cache_dir())  # shared with bench_fid.py and `python evaluate.py`
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = instantiate(cfg.data)
-    module = build_module(cfg, data_info(dm))
+    recipe = build_recipe(cfg)  # latent: auto trains the autoencoder here, as train.py does
+    dm, module = recipe.pixels, recipe.module
     dm.setup("fit")
     t = time.perf_counter()
     ext = ClassifierExtractor.from_datamodule(dm, cache_dir=cache_dir)
@@ -129,44 +105,58 @@ def main() -> None:
     # The FID floor at this n: n real training images against the same reference.
     x_train = dm.tensors("train")[0]
     idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))
-    floor = compute_metrics(lambda seeds: x_train[idx[torch.tensor(seeds)]].float(), args.n, ext, real,
-                            batch_size=args.batch_size, metrics=("fid", "kid"), kid_subset_size=min(1000, args.n))
-    sampler = instantiate(cfg.sampler)  # the recipe's sampler (mnist_cpu: DDIM-50, eta=1), as in its grids
-    clock = QualityClock(args.eval_every_min * 60, args.n, sampler, ext, real, args.batch_size)
+    floor = compute_metrics(lambda seeds: x_train[idx[torch.tensor(seeds)]].float(), min(args.n, len(x_train)), ext,
+                            real, batch_size=args.batch_size, metrics=SCORED, kid_subset_size=min(1000, args.n))
+    sampler = instantiate(cfg.sampler)  # the recipe's sampler, as in its grids and `python evaluate.py sampler=...`
+    max_s = parse_duration(cfg.trainer.get("max_time"))
+    every = args.eval_every_min * 60
+    clock = TrainClock(None, [every * k for k in range(1, int((max_s or 86400.0) // every) + 2)])
+    quality = QualityCallback(clock, recipe_evaluator(recipe, sampler, clock, args.n, ext, real, args.batch_size,
+                                                      label="time_to_quality"))
 
-    from diffexp.cli.train import instantiate_group
-
-    callbacks = instantiate_group(cfg.get("callbacks")) + [clock]
-    loggers = instantiate_group(cfg.get("logger")) or False
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer = recipe_trainer(cfg, quality)
     t = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    quality.fit_started = t
+    trainer.fit(module, datamodule=recipe.datamodule)
     total_s = time.perf_counter() - t
 
-    max_time = cfg.trainer.get("max_time")
+    T = module.process.num_timesteps
     record = {
         "machine": m,
         "settings": {"recipe": f"experiment={args.experiment}", "max_steps": int(cfg.trainer.max_steps),
-                     "max_time": str(max_time), "precision": str(trainer.precision),
+                     "max_time": str(cfg.trainer.get("max_time")), "precision": str(trainer.precision),
                      "batch_size": int(cfg.data.batch_size), "eval_every_min": args.eval_every_min, "n": args.n,
-                     "sampler": sampler.name, "threads": threads, "overrides": list(args.override),
+                     "sampler": sampler.name, "sampler_class": type(sampler).__name__, "nfe": sampler.nfe(T),
+                     "sampler_config": OmegaConf.to_container(cfg.sampler, resolve=True),
+                     "sampler_options": sampler_options, "guidance_scale": recipe.guidance_scale,
+                     "process": module.process.name, "prediction": module.prediction,
+                     "num_classes": module.num_classes, "latent": recipe.autoencoder is not None,
+                     "threads": threads, "overrides": list(args.override),
                      "extractor": f"{ext.name}-{ext.weights_hash}",
                      "classifier_test_accuracy": ext.info.get("test_accuracy"),
                      "reference": {"split": "test", "n": real.n},
-                     "command": "python bench/bench_time_to_quality.py " + " ".join(sys.argv[1:])},
-        "evaluations": clock.rows, "fid_floor_real_train_images": {"fid": floor["fid"], "kid": floor["kid"]},
-        "setup_seconds": setup_s, "fit_seconds_total": total_s, "eval_seconds_total": clock.eval_s,
+                     "time_axis": "total_seconds = autoencoder_seconds + train_seconds (evaluations excluded)",
+                     "command": "python bench/bench_time_to_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)},
+        "run_dir": tmp, "autoencoder": recipe.autoencoder, "autoencoder_seconds": recipe.autoencoder_seconds,
+        "prepare_seconds": recipe.prepare_seconds, "before_train_seconds": quality.before_train_seconds,
+        "evaluations": quality.rows, "fid_floor_real_train_images": {k: floor[k] for k in ROW_KEYS},
+        "setup_seconds": setup_s, "fit_seconds_total": total_s, "eval_seconds_total": quality.eval_seconds,
         "train_seconds": clock.train_s, "steps": trainer.global_step, "params": module.num_parameters(),
     }
     out = write_result("bench_time_to_quality", record, Path(args.out_dir) if args.out_dir else None)
     print(f"\n## bench_time_to_quality: experiment={args.experiment} on MNIST ({trainer.precision}), EMA samples, "
-          f"{sampler.name}, n={args.n}, classifier FID ({ext.name}-{ext.weights_hash})")
+          f"{sampler.name} ({sampler.nfe(T)} NFE), guidance scale {recipe.guidance_scale:g}, n={args.n}, "
+          f"classifier FID ({ext.name}-{ext.weights_hash})")
     print(machine_line(record["machine"]))
-    rows = [[r["step"], r["train_seconds"] / 60, r["fid"], r["kid"], r["eval_seconds"]] for r in clock.rows]
-    print(table(["step", "training wall-clock (min)", "FID", "KID", "eval s"], rows, floatfmt=".3g"))
+    rows = [[r["step"], r["train_seconds"] / 60, r["total_seconds"] / 60, r["fid"], r["kid"], r["confident"],
+             r["class_entropy"], r["eval_seconds"]] for r in quality.rows]
+    print(table(["step", "training (min)", "with autoencoder (min)", "FID", "KID", "share p>=0.9", "class entropy",
+                 "eval s"], rows, floatfmt=".3g"))
     print(f"FID floor at n={args.n} (real training images vs test): {floor['fid']:.3g}; "
-          f"{trainer.global_step} steps in {clock.train_s / 60:.1f} min of training")
+          f"{trainer.global_step} steps in {clock.train_s / 60:.1f} min of training"
+          + (f" after {recipe.autoencoder_seconds / 60:.1f} min of autoencoder training" if recipe.autoencoder else ""))
     print(f"results: {rel(out)}")
+    return out
 
 
 if __name__ == "__main__":

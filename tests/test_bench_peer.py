@@ -1,4 +1,5 @@
-"""bench/bench_peer.py: its scoring helper (fast) and the whole comparison end to end (``--smoke``, slow)."""
+"""bench/bench_peer.py: the whole comparison end to end (``--smoke``, slow). Its diffexp side on a conditional
+latent recipe: tests/test_bench_time_to_quality.py; the confidence share: tests/test_metrics.py."""
 
 from __future__ import annotations
 
@@ -10,33 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-
-
-class _Logits(torch.nn.Module):
-    """A stand-in classifier: the 'image' is its own logits."""
-
-    def forward(self, x):
-        return x, x
-
-
-def test_confidence_share_and_class_balance():
-    from bench_peer import confidence
-
-    big = 10.0  # softmax max = e^10 / (e^10 + 9) ≈ 0.9996
-    logits = torch.zeros(8, 10)
-    logits[:4, 3] = big           # 4 confident 3s
-    logits[4:6, 7] = big          # 2 confident 7s
-    logits[6, 1] = 1.0            # not confident: e / (e + 9) ≈ 0.23
-    logits[7, 2] = math.log(9 * 0.9 / 0.1)  # max softmax exactly 0.9: counted as confident
-    res = confidence(_Logits(), logits, threshold=0.9)
-    assert res["confident"] == pytest.approx(7 / 8)
-    assert res["class_counts"] == [0, 1, 1, 4, 0, 0, 0, 2, 0, 0]
-    p = torch.tensor([1, 1, 4, 2]) / 8
-    assert res["class_entropy"] == pytest.approx(float(-(p * p.log()).sum() / math.log(10)))
 
 
 @pytest.mark.slow

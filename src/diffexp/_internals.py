@@ -16,11 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 
-__all__ = ["CheckpointCallbackBase", "attached_trainer", "check", "config_key", "foreach_lerp_", "install_ddp_child_command",
-           "logs_this_step", "mark_saved", "override_index_sampler", "wandb_init_kwargs", "wandb_offline", "wandb_project",
-           "wandb_run_id", "wandb_run_if_started", "wandb_set_id", "wandb_set_name"]
+__all__ = ["CheckpointCallbackBase", "attached_trainer", "check", "config_key", "extend_time_budget", "foreach_lerp_",
+           "install_ddp_child_command", "logs_this_step", "mark_saved", "override_index_sampler", "wandb_init_kwargs",
+           "wandb_offline", "wandb_project", "wandb_run_id", "wandb_run_if_started", "wandb_set_id", "wandb_set_name"]
 
 
 # ---- LightningModule / Trainer ---------------------------------------------------------------------------
@@ -34,6 +34,19 @@ def logs_this_step(trainer: Any | None) -> bool:
     ``log_every_n_steps``): skips computing values that would be dropped. True when unknown."""
     connector = getattr(trainer, "_logger_connector", None) if trainer is not None else None
     return bool(getattr(connector, "should_update_logs", True))
+
+
+def extend_time_budget(trainer: Any, seconds: float) -> bool:
+    """Lengthen the Trainer's wall-clock budget (``trainer.max_time``, Lightning's ``Timer``) by ``seconds``.
+
+    The benchmarks evaluate sample quality during training and exclude that time from the recipe's budget;
+    ``Timer`` has no public way to change its duration. False (nothing changed) when there is no Timer or it
+    has no duration (no ``max_time``)."""
+    timer = next((cb for cb in getattr(trainer, "callbacks", []) if isinstance(cb, Timer)), None)
+    if timer is None or timer._duration is None:
+        return False
+    timer._duration += float(seconds)
+    return True
 
 
 # ---- ModelCheckpoint ---------------------------------------------------------------------------------------
@@ -164,6 +177,8 @@ def check() -> list[str]:
     trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     if not hasattr(getattr(trainer, "_logger_connector", None), "should_update_logs"):
         missing.append("Trainer._logger_connector.should_update_logs")
+    if "_duration" not in vars(Timer(duration="00:00:01:00")):
+        missing.append("Timer()._duration")
     if "_trainer" not in vars(LightningModule()):
         missing.append("LightningModule()._trainer")
     try:

@@ -77,13 +77,12 @@ from diffexp.guidance.setup import (  # noqa: E402
     use_recipe_guidance_scale,
 )
 from diffexp.interop.pretrained import load_model  # noqa: E402
-from diffexp.latent import image_range, image_shape, label_latent_nll, nll_datamodule, to_images  # noqa: E402
+from diffexp.latent import image_shape, label_latent_nll, nll_datamodule  # noqa: E402
 from diffexp.logs import route_to_run_log, say  # noqa: E402
 from diffexp.metrics import compute_metrics  # noqa: E402
 from diffexp.metrics.nll import evaluate_nll, nll_examples, nll_keys, write_per_t_csv  # noqa: E402
 from diffexp.metrics.nll_ode import evaluate_nll_ode, nll_ode_keys  # noqa: E402
 from diffexp.metrics.provenance import (  # noqa: E402
-    class_labels,
     extractor_info,
     jsonable,
     keyed_metrics,
@@ -91,6 +90,7 @@ from diffexp.metrics.provenance import (  # noqa: E402
     sampler_family,
     sampler_label,
 )
+from diffexp.metrics.sampling import ModuleSampleSource  # noqa: E402
 from diffexp.metrics.selection import (  # noqa: E402
     SAMPLE_METRICS,
     cached_reference_stats,
@@ -234,24 +234,13 @@ def _sample_metrics(cfg, module, dm, sampler, metrics, weights, device, guidance
     split = reference_split(dm, cfg.split)
     real = cached_reference_stats(dm, split, extractor, cfg.num_real, cfg.paths.cache_dir,
                                   kid_max_samples=cfg.kid_max_samples, recompute=cfg.recompute_reference)
-    denoiser = module.denoiser(ema=cfg.ema)
-    denoiser.classifier_guidance = guidance  # acts whenever labels are given (diffexp.guidance)
-    shape, seed = tuple(module.data_shape), int(cfg.seed)
-    if module.num_classes is None and cfg.guidance_scale != 1.0:
-        raise ValueError("guidance_scale needs a class-conditional checkpoint; this one is unconditional")
-
-    def label_fn(seeds):  # sample i is drawn for class i mod K (diffexp.guidance.setup)
-        return class_labels(seeds, seed, num_classes, device)
-
-    def sample_fn(seeds):
-        y = label_fn(seeds)
-        x = sampler(denoiser, shape=shape, seeds=seeds, y=y, guidance_scale=cfg.guidance_scale, device=device)
-        return to_images(module, x)  # latent diffusion: decoded by the first stage
-
-    res = compute_metrics(sample_fn, int(cfg.num_samples), extractor, real, batch_size=int(cfg.batch_size), metrics=chosen,
-                           seed_offset=seed, data_range=image_range(module), kid_subset_size=cfg.kid_subset_size,
+    # Seeds, labels (sample i: class i mod K), CFG, decoding and clamping: one rule shared with the benchmarks.
+    source = ModuleSampleSource(module, sampler, cfg.guidance_scale, ema=cfg.ema, seed_offset=int(cfg.seed),
+                                device=device, classifier_guidance=guidance)
+    res = compute_metrics(source, int(cfg.num_samples), extractor, real, batch_size=int(cfg.batch_size), metrics=chosen,
+                           seed_offset=source.seed_offset, data_range=source.data_range, kid_subset_size=cfg.kid_subset_size,
                            kid_subsets=cfg.kid_subsets, kid_max_samples=cfg.kid_max_samples,
-                           swd_projections=cfg.swd_projections, device=device, label_fn=label_fn)
+                           swd_projections=cfg.swd_projections, device=device, label_fn=source.labels)
     T = module.process.num_timesteps
     res.update(process=module.process.name, sampler=sampler_label(sampler, T), sampler_class=type(sampler).__name__,
                sampler_config=sampler_config(sampler), nfe=sampler.nfe(T), weights=weights, ema=weights == "ema",
