@@ -159,3 +159,33 @@ def clean_partial_files(folder: str | os.PathLike | None, *, recursive: bool = F
             except OSError:
                 pass  # e.g. removed by another rank at the same moment
     return removed
+
+
+def clean_partial_dirs(folder: str | os.PathLike | None, *, max_age: float = STALE_SECONDS) -> list[Path]:
+    """Remove the folders named by :func:`temporary_path` in ``folder`` whose writer is gone (a run killed while
+    it filled a folder it would have renamed into place, e.g. diffexp.latent_auto); return what was removed."""
+    if folder is None or not Path(folder).is_dir():
+        return []
+    now = time.time()
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        if p.is_dir() and not p.is_symlink() and _abandoned(p, now, max_age):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> bool:
+    """Rename the finished folder ``tmp`` (a :func:`temporary_path` beside ``final``) to ``final`` atomically and
+    ``fsync`` the parent. When ``final`` appeared meanwhile (another process finished the same work first), keep
+    that one, remove ``tmp`` and return False."""
+    tmp, final = Path(tmp), Path(final)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    fsync_dir(final.parent)
+    return True

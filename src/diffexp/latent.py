@@ -154,18 +154,22 @@ def wants_latent(cfg: DictConfig) -> bool:
         from diffexp.validation import ConfigError
 
         raise ConfigError("latent: this config (e.g. experiment=ldm_mnist) trains on autoencoder latents; set "
-                          "latent=<autoencoder checkpoint> (train one with `python train_autoencoder.py`)")
+                          "latent=<autoencoder checkpoint> (train one with `python train_autoencoder.py`) or "
+                          "latent=auto (train.py trains and caches one first, see latent_train)")
     return bool(cfg.get("latent"))
 
 
-def latent_datamodule(cfg: DictConfig, pixels: BaseDataModule) -> LatentDataModule:
+def latent_datamodule(cfg: DictConfig, pixels: BaseDataModule, auto: dict[str, Any] | None = None) -> LatentDataModule:
     """The latent data module for ``cfg.latent`` (an autoencoder checkpoint); records
-    ``cfg.latent_autoencoder`` (architecture, hash, scale factor, path, image shape and range)."""
+    ``cfg.latent_autoencoder`` (architecture, hash, scale factor, path, image shape and range; ``auto``: how
+    latent=auto found it, see diffexp.latent_auto)."""
     autoencoder, info = load_autoencoder(cfg.latent)
     cache_dir = OmegaConf.select(cfg, "paths.cache_dir", default=None)
     dm = LatentDataModule(pixels, autoencoder, cache_dir)
     with open_dict(cfg):
         cfg.latent_autoencoder = _record(info, list(pixels.data_shape), list(pixels.data_range))
+        if auto is not None:
+            cfg.latent_autoencoder.auto = auto
     return dm
 
 

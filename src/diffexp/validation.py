@@ -37,7 +37,8 @@ from diffexp.validation_diffusion import (
     check_schedule_overrides,
 )
 
-__all__ = ["ConfigError", "check_samplers", "validate_config", "instantiate_checked", "apply_global_batch",
+__all__ = ["ConfigError", "check_samplers", "validate_config", "instantiate_checked", "instantiate_group",
+           "check_training", "apply_global_batch",
            "planned_world_size", "resolved_num_classes", "runs_on_cpu", "PRECISIONS"]
 
 PRECISIONS = {"32": "32", "32-true": "32", "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed",
@@ -221,6 +222,28 @@ def instantiate_checked(node: DictConfig, key: str, **kwargs: Any) -> Any:
             target = str(node.get("_target_", "?")).rsplit(".", 1)[-1] if isinstance(node, DictConfig) else "?"
             raise ConfigError(f"{key} ({target}): {cause}") from None
         raise
+
+
+def instantiate_group(cfg: DictConfig | None, key: str | None = None) -> list[Any]:
+    """Instantiate every `_target_` entry of a dict-of-configs group (callbacks, loggers); errors name
+    ``<key>.<entry>`` (``key`` defaults to the group's own key in the config)."""
+    if not cfg:
+        return []
+    from diffexp._internals import config_key
+
+    key = key or config_key(cfg)
+    return [instantiate_checked(node, f"{key}.{name}") for name, node in cfg.items()
+            if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def check_training(cfg: DictConfig) -> list[str]:
+    """The problems of the parts every training run has (trainer steps and precision, data batch sizes,
+    callbacks' intervals, optimizer and LR schedule), each naming its key; train_autoencoder uses it too."""
+    errors: list[str] = []
+    _check_steps(cfg, errors)
+    _check_precision(cfg, errors)
+    _check_optimizer(cfg, errors)
+    return errors
 
 
 def _in_sweep() -> bool:

@@ -6,7 +6,6 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import diffexp  # noqa: F401  (torchvision shim before lightning)
 from diffexp.cli.errors import enable_debug_tracebacks, user_errors
@@ -22,17 +21,14 @@ import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from diffexp._internals import config_key  # noqa: E402
 from diffexp.build import build_module, data_info  # noqa: E402
-from diffexp.validation import ConfigError, apply_global_batch, instantiate_checked, planned_world_size  # noqa: E402
-
-
-def instantiate_group(cfg: DictConfig | None) -> list[Any]:
-    """Instantiate every `_target_` entry of a dict-of-configs group (callbacks, loggers)."""
-    if not cfg:
-        return []
-    return [instantiate_checked(node, f"{config_key(cfg)}.{name}") for name, node in cfg.items()
-            if isinstance(node, DictConfig) and "_target_" in node]
+from diffexp.validation import (  # noqa: E402
+    ConfigError,
+    apply_global_batch,
+    instantiate_checked,
+    instantiate_group,  # noqa: F401  (re-exported: train_classifier.py and older callers import it from here)
+    planned_world_size,
+)
 
 
 def validate_config(cfg: DictConfig, datamodule=None) -> None:
@@ -81,9 +77,14 @@ def train(cfg: DictConfig, prepare_module=None) -> dict[str, float]:
     L.seed_everything(seed, workers=True, verbose=False)  # network initialisation only
     datamodule = instantiate_checked(cfg.data, "data")
     from diffexp.latent import latent_datamodule, wants_latent
+    from diffexp.latent_auto import is_auto, use_auto_autoencoder
 
     if wants_latent(cfg):  # latent diffusion: the data's latents, encoded once and cached (diffexp/latent.py)
-        datamodule = latent_datamodule(cfg, datamodule)
+        auto = None
+        if is_auto(cfg):  # latent=auto: train (or reuse) the autoencoder first (diffexp/latent_auto.py) ...
+            validate_config(cfg, datamodule)  # ... once the diffusion config is known to be sound
+            auto = use_auto_autoencoder(cfg, datamodule)
+        datamodule = latent_datamodule(cfg, datamodule, auto)
     validate_config(cfg, datamodule)  # every problem named by its key, before anything is built
     if hasattr(datamodule, "check"):  # files present and readable, values finite, batch <= split: before the Trainer
         datamodule.check(planned_world_size(cfg))
