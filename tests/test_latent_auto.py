@@ -80,7 +80,8 @@ def test_same_config_reuses_the_cached_autoencoder(auto_runs, capsys):
 
 
 def test_a_changed_override_or_seed_is_another_autoencoder(auto_runs):
-    from diffexp.latent_auto import compose_autoencoder_config, config_hash, use_auto_autoencoder
+    from diffexp.latent import latent_datamodule
+    from diffexp.latent_auto import compose_autoencoder_config, config_hash
 
     root, first, _, _, _, _ = auto_runs
     pixels = _pixels(first)
@@ -89,8 +90,9 @@ def test_a_changed_override_or_seed_is_another_autoencoder(auto_runs):
     changed = _cfg(root, "changed", ae=AE.replace("trainer.max_steps: 3", "trainer.max_steps: 2"))
     other_seed = _cfg(root, "seed", extra=["seed=1"])
     assert config_hash(compose_autoencoder_config(other_seed)[0], _pixels(other_seed)) != base
-    auto = use_auto_autoencoder(changed, _pixels(changed))  # retrained: a new cache entry, 2 steps
-    assert auto["reused"] is False and auto["config_hash"] != base
+    latent_datamodule(changed, _pixels(changed))  # as benches build a recipe: latent=auto resolved in the library
+    auto = changed.latent_autoencoder.auto  # retrained: a new cache entry, 2 steps
+    assert auto.reused is False and auto.config_hash != base
     from diffexp.autoencoder import load_autoencoder
 
     assert load_autoencoder(changed.latent)[1]["global_step"] == 2

@@ -159,10 +159,15 @@ def wants_latent(cfg: DictConfig) -> bool:
     return bool(cfg.get("latent"))
 
 
-def latent_datamodule(cfg: DictConfig, pixels: BaseDataModule, auto: dict[str, Any] | None = None) -> LatentDataModule:
-    """The latent data module for ``cfg.latent`` (an autoencoder checkpoint); records
-    ``cfg.latent_autoencoder`` (architecture, hash, scale factor, path, image shape and range; ``auto``: how
-    latent=auto found it, see diffexp.latent_auto)."""
+def latent_datamodule(cfg: DictConfig, pixels: BaseDataModule) -> LatentDataModule:
+    """The latent data module for ``cfg.latent`` (an autoencoder checkpoint, or ``auto``: trained or reused first
+    and ``cfg.latent`` set to its checkpoint, see diffexp.latent_auto); records ``cfg.latent_autoencoder``
+    (architecture, hash, scale factor, path, image shape and range; ``auto``: how latent=auto found it)."""
+    auto = None
+    if cfg.get("latent") == "auto":
+        from diffexp.latent_auto import use_auto_autoencoder
+
+        auto = use_auto_autoencoder(cfg, pixels)
     autoencoder, info = load_autoencoder(cfg.latent)
     cache_dir = OmegaConf.select(cfg, "paths.cache_dir", default=None)
     dm = LatentDataModule(pixels, autoencoder, cache_dir)

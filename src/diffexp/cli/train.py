@@ -77,14 +77,12 @@ def train(cfg: DictConfig, prepare_module=None) -> dict[str, float]:
     L.seed_everything(seed, workers=True, verbose=False)  # network initialisation only
     datamodule = instantiate_checked(cfg.data, "data")
     from diffexp.latent import latent_datamodule, wants_latent
-    from diffexp.latent_auto import is_auto, use_auto_autoencoder
+    from diffexp.latent_auto import is_auto
 
     if wants_latent(cfg):  # latent diffusion: the data's latents, encoded once and cached (diffexp/latent.py)
-        auto = None
-        if is_auto(cfg):  # latent=auto: train (or reuse) the autoencoder first (diffexp/latent_auto.py) ...
+        if is_auto(cfg):  # latent=auto trains (or reuses) the autoencoder first (diffexp/latent_auto.py) ...
             validate_config(cfg, datamodule)  # ... once the diffusion config is known to be sound
-            auto = use_auto_autoencoder(cfg, datamodule)
-        datamodule = latent_datamodule(cfg, datamodule, auto)
+        datamodule = latent_datamodule(cfg, datamodule)
     validate_config(cfg, datamodule)  # every problem named by its key, before anything is built
     if hasattr(datamodule, "check"):  # files present and readable, values finite, batch <= split: before the Trainer
         datamodule.check(planned_world_size(cfg))
