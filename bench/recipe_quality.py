@@ -74,7 +74,7 @@ def autoencoder_record(cfg: DictConfig) -> dict[str, Any] | None:
     return {"path": str(path), "hash": rec.get("hash"), "latent_shape": rec.get("latent_shape"),
             "train_seconds": metrics.get("train_seconds"), "global_step": metrics.get("global_step"),
             "metrics_file": str(metrics_file) if metrics_file.is_file() else None,
-            "latent_option": str(cfg.get("latent"))}
+            "auto": rec.get("auto")}  # latent=auto: its config hash, cache folder, reused or trained now
 
 
 @dataclass
@@ -91,7 +91,8 @@ class Recipe:
 
     @property
     def autoencoder_seconds(self) -> float:
-        """Training time of the first stage (0 for a pixel recipe; unknown recorded time: the preparation time)."""
+        """Training time of the first stage, as recorded when it was trained (the same whether this run trained it or
+        reused it: a fresh ``make train`` trains it); 0 for a pixel recipe; unknown: this run's preparation time."""
         if self.autoencoder is None:
             return 0.0
         recorded = self.autoencoder.get("train_seconds")
@@ -104,17 +105,26 @@ class Recipe:
 
 def build_recipe(cfg: DictConfig) -> Recipe:
     """Data and module of ``cfg`` exactly as ``train.py`` builds them (latent recipes: the first stage is loaded,
-    or trained when train.py would train it, and the latents encoded/cached), checked as train.py checks them."""
+    or trained/reused for ``latent=auto``, and the latents encoded/cached), checked as train.py checks them."""
     from diffexp.latent import latent_datamodule, wants_latent
     from diffexp.validation import validate_config
 
     t = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     pixels = instantiate(cfg.data)
-    datamodule = latent_datamodule(cfg, pixels) if wants_latent(cfg) else pixels
+    datamodule, latent_s = pixels, None
+    if wants_latent(cfg):
+        if cfg.get("latent") == "auto":  # as train.py: the diffusion config is checked before the autoencoder trains
+            validate_config(cfg, pixels)
+        t_latent = time.perf_counter()
+        datamodule = latent_datamodule(cfg, pixels)  # latent=auto: trains (or reuses) the autoencoder here
+        latent_s = time.perf_counter() - t_latent
     validate_config(cfg, datamodule)
     module = build_module(cfg, data_info(datamodule))
-    return Recipe(cfg, pixels, datamodule, module, autoencoder_record(cfg), time.perf_counter() - t)
+    autoencoder = autoencoder_record(cfg)
+    if autoencoder is not None:
+        autoencoder["stage_seconds"] = latent_s  # this run's wall-clock for it: training it (latent=auto, not cached), encoding
+    return Recipe(cfg, pixels, datamodule, module, autoencoder, time.perf_counter() - t)
 
 
 def score_module(module, sampler, guidance_scale: float, n: int, extractor, real, batch_size: int) -> dict[str, Any]:

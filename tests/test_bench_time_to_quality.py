@@ -2,7 +2,7 @@
 
 Fast: sampler options are overridden only where the sampler has them, and the Timer's budget is extended
 through diffexp._internals. Slow (one tiny run shared by the tests below): a class-conditional latent flow recipe
-(MNIST subset, kl_f4_small autoencoder, DPM-Solver++(2M), CFG) through both benches — rows carry FID, KID,
+(MNIST subset, ``latent=auto`` training a kl_f4_small autoencoder, DPM-Solver++(2M), CFG) through both benches — rows carry FID, KID,
 confident, class entropy, sampler, NFE, guidance scale and the autoencoder's time on the time axis — and the
 benchmark's sample_fn gives bit-equal images to evaluate.py's on the checkpoint of the same weights, hence the
 same FID and confidence.
@@ -34,6 +34,10 @@ TINY = ["model.base_channels=8", "model.num_res_blocks=1", "model.attention_reso
 RECIPE = ["conditional=true", "process=flow", "objective=flow_matching", "prediction=velocity", "sampler=dpmpp_2m",
           "~sampler.eta"]  # ldm_mnist sets DDIM's eta, which DPM-Solver++ does not take
 N, STEPS, SCALE, BATCH = 20, 3, 1.5, 8
+# latent=auto's autoencoder (diffexp.latent_auto): kl_f4_small, 3 steps.
+AE = ("latent_train={autoencoder: kl_f4_small, extractor: random, trainer.max_steps: 3, trainer.val_check_interval: 3, "
+      "trainer.limit_val_batches: 1, callbacks.progress_bar: null, trainer.enable_model_summary: false, "
+      "callbacks.reconstruction.num_samples: 16, callbacks.reconstruction.every_n_steps: 0}")
 
 
 # ---------------------------------------------------------------------------------------------- fast
@@ -68,33 +72,29 @@ def test_time_budget_is_extended_through_internals():
 # ---------------------------------------------------------------------------------------- the tiny run
 @pytest.fixture(scope="module")
 def latent_bench(tmp_path_factory):
-    """A 3-step kl_f4_small autoencoder, then bench_time_to_quality.py on the conditional latent flow recipe."""
-    from diffexp.cli.train_autoencoder import train_autoencoder
-
-    root = tmp_path_factory.mktemp("ttq")
-    ae_cfg = compose("train_autoencoder", ["autoencoder=kl_f4_small", "extractor=random", "trainer.max_steps=3",
-                                           "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
-                                           "callbacks.reconstruction.num_samples=16", "print_config=false",
-                                           "callbacks.reconstruction.every_n_steps=0", "~callbacks.progress_bar",
-                                           f"paths.cache_dir={root}/cache"] + MNIST, root / "ae")
-    train_autoencoder(ae_cfg)
-    ae_ckpt = root / "ae" / "run" / "checkpoints" / "last.ckpt"
+    """bench_time_to_quality.py on the conditional latent flow recipe with ``latent=auto``: the bench trains the
+    (kl_f4_small, 3-step) autoencoder first, as train.py does."""
     from bench_time_to_quality import main
 
-    overrides = ["experiment=ldm_mnist", f"latent={ae_ckpt}", f"paths.cache_dir={root}/cache", *RECIPE, *MNIST, *TINY]
+    root = tmp_path_factory.mktemp("ttq")
+    overrides = ["experiment=ldm_mnist", "latent=auto", AE, f"paths.cache_dir={root}/cache", *RECIPE, *MNIST, *TINY]
     out = main(["--experiment", "ldm_mnist", "--n", str(N), "--sampler-steps", str(STEPS), "--eta", "1.0",
                 "--guidance-scale", str(SCALE), "--eval-every-min", "100", "--batch-size", str(BATCH), "--threads", "1",
                 "--cache-dir", str(root / "cache"), "--out-dir", str(root / "out"), "--override", *overrides[1:]])
-    return root, ae_ckpt, json.loads(Path(out).read_text()), overrides
+    return root, json.loads(Path(out).read_text()), overrides
 
 
 @pytest.mark.slow
 def test_rows_of_a_conditional_latent_recipe(latent_bench):
-    root, ae_ckpt, record, _ = latent_bench
+    root, record, _ = latent_bench
     rows = record["evaluations"]
     assert [r["step"] for r in rows] == [4]  # evaluated at the end (the first periodic evaluation is far away)
-    ae_seconds = json.loads((ae_ckpt.parent.parent / "metrics.json").read_text())["train_seconds"]
-    assert record["autoencoder"]["path"] == str(ae_ckpt) and record["autoencoder_seconds"] == pytest.approx(ae_seconds)
+    ae = record["autoencoder"]
+    folder = root / "cache" / "autoencoders" / ae["auto"]["config_hash"]  # trained by the bench, as train.py would
+    assert ae["auto"]["reused"] is False and Path(ae["path"]) == (folder / "checkpoints" / "last.ckpt").resolve()
+    ae_seconds = json.loads((folder / "metrics.json").read_text())["train_seconds"]
+    assert ae_seconds > 0 and record["autoencoder_seconds"] == pytest.approx(ae_seconds)
+    assert ae["stage_seconds"] >= ae_seconds  # this run trained it: its wall-clock covers the training
     s = record["settings"]
     assert s["latent"] and s["num_classes"] == 10 and s["process"] == "flow" and s["guidance_scale"] == SCALE
     assert s["sampler_class"] == "DPMSolverPP2MSampler" and s["nfe"] > 0
@@ -119,7 +119,7 @@ def test_benchmark_samples_are_evaluate_py_samples(latent_bench, monkeypatch):
     from diffexp.latent import to_images
     from diffexp.metrics.sampling import ModuleSampleSource
 
-    root, _, record, _ = latent_bench
+    root, record, _ = latent_bench
     ckpt = Path(record["run_dir"]) / "checkpoints" / "last.ckpt"
     seen: list[torch.Tensor] = []
     original = evaluate_cli.compute_metrics
@@ -161,14 +161,15 @@ def test_bench_peer_diffexp_side_takes_the_same_recipe(latent_bench):
 
     from diffexp.metrics import ClassifierExtractor, reference_stats
 
-    root, _, record, overrides = latent_bench
+    root, record, overrides = latent_bench
     cfg = compose("train", overrides, root / "peer")
     dm = instantiate(cfg.data)
     ext = ClassifierExtractor.from_datamodule(dm, cache_dir=str(root / "cache"))  # cached by the bench run
     real = reference_stats(dm, "test", ext, cache_dir=str(root / "cache"))
     args = argparse.Namespace(experiment="ldm_mnist", override=overrides[1:], budget_s=600.0, eval_at=[], n=N,
                               sampler_steps=STEPS, eta=1.0, guidance_scale=SCALE, batch_size=BATCH)
-    rows, info = bench_peer.train_ours(args, MNIST_ROOT, ext, real)
+    rows, info = bench_peer.train_ours(args, MNIST_ROOT, ext, real)  # latent=auto: the cached autoencoder, reused
+    assert info["autoencoder"]["auto"]["reused"] is True and info["autoencoder"]["path"] == record["autoencoder"]["path"]
     assert [r["step"] for r in rows] == [4] and rows[0]["who"] == "diffexp"
     assert all(k in rows[0] for k in ROW_KEYS) and sum(rows[0]["class_counts"]) == N
     assert info["guidance_scale"] == SCALE and info["sampler_options"]["skipped"] and info["nfe"] == record["settings"]["nfe"]
