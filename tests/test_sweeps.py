@@ -174,7 +174,7 @@ def test_experiment_mnist_cpu_is_the_default_recipe(tmp_path):
         h, m, s = (int(v) for v in hms.split(":")[1:])
         return h * 3600 + m * 60 + s
 
-    budget = seconds(recipe.trainer.max_time) + seconds(recipe.latent_train["trainer.max_time"])
+    budget = seconds(recipe.trainer.max_time) + seconds(recipe.latent_train.trainer.max_time)
     assert 0 < budget <= 12 * 60
     assert recipe.callbacks.sample.at_end and recipe.trainer.precision in ("32", "bf16-mixed")
     assert "experiment=mnist_cpu" in (Path(__file__).resolve().parents[1] / "Makefile").read_text()
@@ -193,14 +193,14 @@ def test_experiment_mnist_cpu_trains_a_few_steps(tmp_path):
     ae = ("latent_train={autoencoder: kl_f4_small, extractor: random, trainer.max_steps: 3, trainer.val_check_interval: 3, "
           "trainer.limit_val_batches: 1, callbacks.progress_bar: null, trainer.enable_model_summary: false, "
           "callbacks.reconstruction.num_samples: 16, callbacks.reconstruction.every_n_steps: 0}")
-    cfg = compose("train", ["experiment=mnist_cpu", ae, f"paths.cache_dir={tmp_path}/cache", f"data.root={MNIST}",
+    cfg = compose("train", ["experiment=mnist_cpu", "~latent_train", "+" + ae, f"paths.cache_dir={tmp_path}/cache", f"data.root={MNIST}",
                             "data.subset=64", "data.val_subset=32", "data.batch_size=16", "model.base_channels=8",
                             "model.num_res_blocks=1", "model.attention_resolutions=[]", "model.num_groups=4",
                             "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
                             "sampler.steps=3", "print_config=false", "trainer.enable_progress_bar=false",
                             "trainer.enable_model_summary=false", "logger=csv", "callbacks.sample.num_samples=4",
                             "callbacks.sample.every_n_steps=null", "callbacks.model_checkpoint.every_n_train_steps=2",
-                            "~callbacks.progress_bar", "trainer.precision=32"], tmp_path / "run")
+                            "~callbacks.progress_bar", "trainer.precision=32"], tmp_path)
     metrics = train(cfg)
     assert metrics["global_step"] == 2 and math.isfinite(metrics["train/loss"])
     assert list((tmp_path / "run" / "samples").glob("*.png"))
