@@ -199,3 +199,37 @@ def test_publishing_keeps_the_folder_that_was_there_first(tmp_path):
     theirs.mkdir()
     (theirs / "theirs").write_text("2")
     assert publish_dir(theirs, final) is False and not theirs.exists() and sorted(p.name for p in final.iterdir()) == ["mine"]
+
+
+def test_a_signal_while_the_autoencoder_trains_publishes_nothing(tmp_path, monkeypatch):
+    """SIGTERM (a preempted job) stops the autoencoder early with a last.ckpt saved: not a finished
+    autoencoder, so nothing is cached and the run exits with 128 + signal."""
+    import signal
+
+    import diffexp.autoencoder.training as training
+    from diffexp.latent_auto import use_auto_autoencoder
+
+    def stopped(run):
+        Path(run.cfg.paths.output_dir, "checkpoints").mkdir(parents=True)
+        Path(run.cfg.paths.output_dir, "checkpoints", "last.ckpt").write_bytes(b"early")
+        next(cb for cb in run.callbacks if hasattr(cb, "received")).received = signal.SIGTERM
+        return {"global_step": 1, "train_seconds": 0.0, "latent_shape": [2, 7, 7]}
+
+    monkeypatch.setattr(training, "fit_autoencoder", stopped)
+    cfg = _cfg(tmp_path, "sigterm")
+    with pytest.raises(SystemExit) as info:
+        use_auto_autoencoder(cfg, _pixels(cfg))
+    assert info.value.code == 128 + signal.SIGTERM
+    assert list((tmp_path / "cache" / "autoencoders").iterdir()) == []
+
+
+def test_a_latent_auto_run_resumes_on_the_same_cached_autoencoder(auto_runs):
+    from diffexp.cli.train import train
+
+    root, first, _, _, _, mtime = auto_runs
+    ckpt = root / "first" / "run" / "checkpoints" / "last.ckpt"
+    resumed = _cfg(root, "resumed", extra=[f"ckpt_path={ckpt}", "trainer.max_steps=4"])
+    metrics = train(resumed)  # the autoencoder hash is a compatibility key: same cache entry, so it may continue
+    assert metrics["global_step"] == 4 and resumed.latent_autoencoder.auto.reused is True
+    assert resumed.latent_autoencoder.hash == first.latent_autoencoder.hash
+    assert Path(resumed.latent).stat().st_mtime_ns == mtime
