@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffexp.config_values import accepts, is_int, select
 from diffexp.errors import ConfigError
+from diffexp.samplers.recipe import is_recipe_placeholder
 
 
 def sampler_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
@@ -23,9 +24,11 @@ def sampler_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     return nodes
 
 
-def check_sampler_configs(cfg: DictConfig, process, errors: list[str]) -> None:
+def check_sampler_configs(cfg: DictConfig, process, errors: list[str], allow_recipe: bool = False) -> None:
     """Instantiate every configured sampler (its ``__init__`` rejects unknown option values) and ask it
-    whether it can run on ``process`` (``Sampler.check``, e.g. steps <= T for the index-based samplers)."""
+    whether it can run on ``process`` (``Sampler.check``, e.g. steps <= T for the index-based samplers).
+    ``sampler=recipe`` (the checkpoint's own sampler) only means something to tools that load a checkpoint
+    (``allow_recipe``); a training run must name the sampler it stores as its recipe."""
     T = process.num_timesteps if process is not None else None
     seen = set()
     for key, node in sampler_nodes(cfg):
@@ -36,6 +39,11 @@ def check_sampler_configs(cfg: DictConfig, process, errors: list[str]) -> None:
         steps = node.get("steps")
         if steps is not None and (not is_int(steps) or steps < 1):
             errors.append(f"{key}.steps={steps}: must be a positive integer")
+            continue
+        if is_recipe_placeholder(node):  # sampler=recipe: checked once the checkpoint's sampler replaces it
+            if not allow_recipe:
+                errors.append(f"{key}=recipe: the checkpoint's own sampler, for sample.py and evaluate.py only; "
+                              "a training run names its sampler (e.g. sampler=ddim, sampler=dpmpp_2m)")
             continue
         try:
             try:
@@ -60,7 +68,7 @@ def check_samplers(cfg: DictConfig, process=None) -> list[str]:
     that check a sampler against a checkpoint's process (sample.py, evaluate.py); ``process=None``: the
     options alone."""
     errors: list[str] = []
-    check_sampler_configs(cfg, process, errors)
+    check_sampler_configs(cfg, process, errors, allow_recipe=True)
     return errors
 
 

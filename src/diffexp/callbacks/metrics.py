@@ -40,16 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from diffexp.atomic import atomic_write_json
 from diffexp.callbacks.periodic import PeriodicCallback
 from diffexp.callbacks.report import barrier, log_provenance, log_values
-from diffexp.latent import image_range, to_images
 from diffexp.metrics import FeatureExtractor, FeatureStats, compute_metrics
 from diffexp.metrics.provenance import (
-    class_labels,
     extractor_info,
     jsonable,
     keyed_metrics,
@@ -59,6 +56,7 @@ from diffexp.metrics.provenance import (
     sampler_config,
     sampler_label,
 )
+from diffexp.metrics.sampling import ModuleSampleSource
 from diffexp.metrics.selection import (
     cached_reference_stats,
     is_points,
@@ -165,26 +163,20 @@ class MetricsCallback(PeriodicCallback):
             self.setup(trainer, pl_module, "fit")
         step = trainer.global_step
         self._last_step = step
-        denoiser = pl_module.denoiser(ema=self.ema)
         weights = "ema" if (self.ema and pl_module.uses_ema) else "raw"
-        shape = tuple(pl_module.data_shape)
-        num_classes = pl_module.num_classes
         device = pl_module.device
-
-        def sample_fn(seeds: list[int]) -> torch.Tensor:
-            y = class_labels(seeds, self.seed, num_classes, device)
-            return to_images(pl_module, self.sampler(denoiser, shape=shape, seeds=seeds, y=y,
-                                                     guidance_scale=self.guidance_scale, device=device))
-
+        # drawn as evaluate.py draws them (seeds, labels i mod K, CFG, latent decoding): one rule for both
+        source = ModuleSampleSource(pl_module, self.sampler, self.guidance_scale, ema=self.ema, seed_offset=self.seed,
+                                    device=device)
         was_training = pl_module.training
         pl_module.eval()
         try:
             result = compute_metrics(
-                sample_fn, self.num_samples, self.extractor, self.real_stats, batch_size=self.batch_size,
-                metrics=self.metrics, seed_offset=self.seed, data_range=image_range(pl_module),
+                source, self.num_samples, self.extractor, self.real_stats, batch_size=self.batch_size,
+                metrics=self.metrics, seed_offset=self.seed, data_range=source.data_range,
                 kid_subset_size=self.kid_subset_size, kid_subsets=self.kid_subsets,
                 kid_max_samples=self.kid_max_samples, swd_projections=self.swd_projections, device=device,
-                label_fn=lambda seeds: class_labels(seeds, self.seed, num_classes, device))  # class_accuracy
+                label_fn=source.labels)  # class_accuracy
         finally:
             pl_module.train(was_training)
         T = pl_module.process.num_timesteps

@@ -101,6 +101,7 @@ from diffexp.metrics.selection import (  # noqa: E402
 )
 from diffexp.metrics.summary import RECORD, write_summary  # noqa: E402
 from diffexp.posthoc_ema import apply_posthoc_ema, weights_label  # noqa: E402
+from diffexp.samplers.recipe import use_recipe_sampler  # noqa: E402
 from diffexp.validation import ConfigError  # noqa: E402
 
 ALL_METRICS = (*SAMPLE_METRICS, "nll", "nll_ode")
@@ -153,6 +154,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     guidance = classifier_guidance_from_config(cfg, device)  # guidance=classifier: classifier_ckpt and scale checked now
     module = load_model(cfg.ckpt_path, cfg.get("pretrained"), map_location=device).to(device)  # or pretrained=DIR
     scale, scale_source = use_recipe_guidance_scale(cfg, module)  # null: the checkpoint's recipe value
+    sampler_source = use_recipe_sampler(cfg, module)  # sampler=recipe (the default): the checkpoint's sampler
     check_against_checkpoint(cfg, module)
     check_classifier_fits(module, guidance, cfg.get("classifier_ckpt"))
     if "class_accuracy" in metrics and label_classes(module, guidance) is None:
@@ -182,7 +184,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         sampler = instantiate(cfg.sampler)
         record.update(sampler=sampler_label(sampler, T), sampler_class=type(sampler).__name__,
                       sampler_config=OmegaConf.to_container(cfg.sampler, resolve=True), nfe=sampler.nfe(T),
-                      guidance_scale=scale, guidance_scale_source=scale_source,
+                      sampler_source=sampler_source, guidance_scale=scale, guidance_scale_source=scale_source,
                       guidance=guidance_record(module, guidance, scale, cfg.get("classifier_ckpt")))
         record["sampler_name"] = sampler.name
         record["family"] = sampler_family(sampler.name)  # heun-18 (35 NFE) -> heun: one curve per family

@@ -31,6 +31,7 @@ from diffexp.interop.pretrained import load_model  # noqa: E402
 from diffexp.latent import image_range, to_images  # noqa: E402
 from diffexp.logs import route_to_run_log, say  # noqa: E402
 from diffexp.posthoc_ema import weights_label  # noqa: E402
+from diffexp.samplers.recipe import use_recipe_sampler  # noqa: E402
 
 
 def pick_device(name: str) -> torch.device:
@@ -65,6 +66,7 @@ def sample(cfg: DictConfig) -> dict:
     # ckpt_path=CKPT, or pretrained=DIR: a local diffusers pipeline folder or a diffexp export (diffexp.interop)
     module = load_model(cfg.ckpt_path, cfg.get("pretrained"), map_location=device).to(device)
     scale, scale_source = use_recipe_guidance_scale(cfg, module)  # null: the checkpoint's recipe value
+    sampler_source = use_recipe_sampler(cfg, module)  # sampler=recipe (the default): the checkpoint's sampler
     check_against_checkpoint(cfg, module)  # sampler steps vs its schedule, labels vs its classes
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler = instantiate(cfg.sampler)
@@ -98,6 +100,7 @@ def sample(cfg: DictConfig) -> dict:
         "weights": weights_label(module, cfg.ema),  # ema | raw | phema-sigma0.100 | as stored (pretrained=DIR)
         "sampler": sampler.name,
         "sampler_config": OmegaConf.to_container(cfg.sampler, resolve=True),
+        "sampler_source": sampler_source,  # explicit | checkpoint (its recipe) | default (none stored: ddim.yaml)
         "nfe": nfe,
         "num_samples": cfg.num_samples,
         "seeds": [cfg.seed, cfg.seed + cfg.num_samples - 1],
