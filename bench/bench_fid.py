@@ -139,7 +139,10 @@ def main() -> None:
               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     out_path = Path(args.out or HERE / "results" / f"bench_fid_{args.data}.json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2))
+    sys.path.insert(0, str(HERE))
+    from common import portable  # cache and checkout paths written machine-independently
+
+    out_path.write_text(portable(json.dumps(result, indent=2)))
 
     c = setup["classifier"]
     print(f"classifier {ext.tag}: test accuracy {c['test_accuracy']:.4f}, trained in {c['train_seconds']:.1f}s "

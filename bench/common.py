@@ -87,8 +87,17 @@ def write_result(name: str, record: dict[str, Any], out_dir: Path | None = None)
         record["machine"]["time_end"] = time.strftime("%Y-%m-%d %H:%M:%S")
     out = Path(out_dir or RESULTS) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, default=str))
+    out.write_text(portable(json.dumps(record, indent=2, default=str)))
     return out
+
+
+def portable(text: str) -> str:
+    """``text`` with this machine's cache folder written as ``$DIFFEXP_CACHE`` and this checkout's paths made
+    relative (results are committed; the repository speaks of itself, not of the machine it was measured on)."""
+    from diffexp.metrics import default_cache_dir
+
+    text = text.replace(str(default_cache_dir()), "$DIFFEXP_CACHE")
+    return text.replace(str(REPO) + os.sep, "")
 
 
 def rel(path: str | os.PathLike) -> str:

@@ -76,3 +76,22 @@ def compose_cfg(tmp_path):
         return compose(config_name, overrides, tmp_path)
 
     return _compose
+
+
+# A toy2d MLP small enough to build, save and sample in a fraction of a second (checkpoint-level CLI tests).
+TOY_MLP = ["data=toy2d", "data.num_train=64", "data.num_val=16", "data.num_test=64", "data.batch_size=16", "model=mlp",
+           "model.hidden_dim=16", "model.num_blocks=1", "model.time_embed_dim=16", "schedule.num_timesteps=50",
+           "trainer.accelerator=cpu", "logger=none", "print_config=false"]
+
+
+def save_checkpoint(module, path, edit=None):
+    """``module`` saved as Lightning saves it (with diffexp's own entry); ``edit(config)`` may change the stored
+    training config first (to make an older or a corrupted checkpoint)."""
+    from diffexp.checkpoint import CHECKPOINT_KEY
+
+    ckpt = {"state_dict": module.state_dict(), "global_step": 0, "epoch": 0}
+    module.on_save_checkpoint(ckpt)
+    if edit is not None:
+        edit(ckpt[CHECKPOINT_KEY]["config"])
+    torch.save(ckpt, path)
+    return path

@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from conftest import compose
+from conftest import TOY_MLP, compose, save_checkpoint
 from diffexp.build import build_module, data_info
 from diffexp.checkpoint import CHECKPOINT_KEY
 from diffexp.cli.distill import student_config
@@ -23,20 +23,9 @@ from diffexp.cli.sample import sample
 from diffexp.metrics.summary import write_summary
 from diffexp.validation import ConfigError
 
-TOY = ["data=toy2d", "data.num_train=64", "data.num_val=16", "data.num_test=64", "data.batch_size=16", "model=mlp",
-       "model.hidden_dim=16", "model.num_blocks=1", "model.time_embed_dim=16", "schedule.num_timesteps=50",
-       "trainer.accelerator=cpu", "logger=none", "print_config=false"]
+TOY = TOY_MLP
 SAMPLE = ["sampler=ddim", "sampler.steps=4", "num_samples=12", "batch_size=12", "seed=3"]
 RECIPE_W = 1.25
-
-
-def _save(module, path, edit=None):
-    ckpt = {"state_dict": module.state_dict(), "global_step": 0, "epoch": 0}
-    module.on_save_checkpoint(ckpt)
-    if edit is not None:
-        edit(ckpt[CHECKPOINT_KEY]["config"])
-    torch.save(ckpt, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +41,9 @@ def ckpts(tmp_path_factory):
         for p in module.net.parameters():
             p.copy_(0.3 * torch.randn(p.shape, generator=g))
     assert module.config["guidance_scale"] == RECIPE_W and module.num_classes == 8
-    return {"recipe": _save(module, tmp / "recipe.ckpt"),
-            "old": _save(module, tmp / "old.ckpt", lambda c: c.pop("guidance_scale")),
-            "bad": _save(module, tmp / "bad.ckpt", lambda c: c.update(guidance_scale=-2.0))}
+    return {"recipe": save_checkpoint(module, tmp / "recipe.ckpt"),
+            "old": save_checkpoint(module, tmp / "old.ckpt", lambda c: c.pop("guidance_scale")),
+            "bad": save_checkpoint(module, tmp / "bad.ckpt", lambda c: c.update(guidance_scale=-2.0))}
 
 
 def _sample(tmp_path, name, ckpt, *overrides):

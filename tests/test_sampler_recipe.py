@@ -11,28 +11,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose
+from conftest import CONF, TOY_MLP, compose, save_checkpoint
 from diffexp.build import build_module, data_info
-from diffexp.checkpoint import CHECKPOINT_KEY
 from diffexp.cli.evaluate import evaluate
 from diffexp.cli.sample import sample
 from diffexp.samplers.recipe import is_recipe_placeholder, recipe_sampler_config
 from diffexp.validation import ConfigError
 
-TOY = ["data=toy2d", "data.num_train=64", "data.num_val=16", "data.num_test=64", "data.batch_size=16", "model=mlp",
-       "model.hidden_dim=16", "model.num_blocks=1", "model.time_embed_dim=16", "schedule.num_timesteps=50",
-       "trainer.accelerator=cpu", "logger=none", "print_config=false"]
+TOY = TOY_MLP
 RECIPE = ["sampler=dpmpp_2m", "sampler.steps=7", "sampler.spacing=logsnr"]
 SAMPLE = ["num_samples=12", "batch_size=12", "seed=3"]
-
-
-def _save(module, path, edit=None):
-    ckpt = {"state_dict": module.state_dict(), "global_step": 0, "epoch": 0}
-    module.on_save_checkpoint(ckpt)
-    if edit is not None:
-        edit(ckpt[CHECKPOINT_KEY]["config"])
-    torch.save(ckpt, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +35,8 @@ def ckpts(tmp_path_factory):
         for p in module.net.parameters():
             p.copy_(0.3 * torch.randn(p.shape, generator=g))
     assert module.config["sampler"]["steps"] == 7
-    return {"recipe": _save(module, tmp / "recipe.ckpt"),
-            "bare": _save(module, tmp / "bare.ckpt", lambda c: c.pop("sampler"))}
+    return {"recipe": save_checkpoint(module, tmp / "recipe.ckpt"),
+            "bare": save_checkpoint(module, tmp / "bare.ckpt", lambda c: c.pop("sampler"))}
 
 
 def _sample(tmp_path, name, ckpt, *overrides):

@@ -153,3 +153,15 @@ def test_bench_summary_writer_makes_paths_relative():
         sys.path.remove(str(REPO / "bench"))
     printed = f"threads=1; results: {REPO / 'bench' / 'results' / 'bench_fid_mnist.json'}"
     assert run_all.relative_paths(printed) == "threads=1; results: bench/results/bench_fid_mnist.json"
+
+
+def test_bench_records_name_no_machine_paths(tmp_path, monkeypatch):
+    """Results are committed: the cache folder is written as $DIFFEXP_CACHE and the checkout's paths relative."""
+    monkeypatch.setenv("DIFFEXP_CACHE", str(tmp_path / "somewhere" / "cache"))
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from common import portable
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    text = f'{{"ae": "{tmp_path}/somewhere/cache/autoencoders/x.ckpt", "out": "{REPO}/bench/results/a.json"}}'
+    assert portable(text) == '{"ae": "$DIFFEXP_CACHE/autoencoders/x.ckpt", "out": "bench/results/a.json"}'
