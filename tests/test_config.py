@@ -158,3 +158,12 @@ def test_task_configs_keep_their_own_trainer_budget(name, tmp_path):
     cfg = compose(name, [], tmp_path)
     for key, value in own.items():
         assert cfg.trainer[key] == value, (name, key, cfg.trainer[key], value)
+
+
+def test_config_tree_shows_what_is_trained_first_and_not_hydra(tmp_path, capsys):
+    from diffexp.config import print_config_tree
+
+    print_config_tree(compose("train", ["experiment=mnist_cpu"], tmp_path))
+    branches = [line[4:].strip() for line in capsys.readouterr().out.splitlines() if line[:4] in ("├── ", "└── ")]
+    assert branches[:6] == ["data", "latent", "model", "process", "schedule", "prediction"]
+    assert "hydra" not in branches and "extractor" in branches

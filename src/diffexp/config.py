@@ -67,14 +67,19 @@ def setup_environment() -> None:
     filter_known_warnings()
 
 
-def print_config_tree(cfg: DictConfig, order=("data", "model", "schedule", "objective", "sampler", "optimizer", "lr_scheduler", "trainer", "callbacks", "logger", "paths")) -> None:
-    """The resolved config as a rich tree, one branch per group."""
+TREE_ORDER = ("data", "latent", "model", "process", "schedule", "prediction", "objective", "sampler", "guidance_scale",
+              "optimizer", "lr_scheduler", "module", "trainer", "callbacks", "logger", "paths")
+
+
+def print_config_tree(cfg: DictConfig, order=TREE_ORDER) -> None:
+    """The resolved config as a rich tree, one branch per group: what is trained first (data, process, objective,
+    sampler), where it runs after; Hydra's own node (present when composed outside ``@hydra.main``) is left out."""
     import rich
     import rich.syntax
     import rich.tree
 
     tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
-    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
+    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order and k != "hydra"]
     for key in keys:
         branch = tree.add(str(key), style="bold", guide_style="dim")
         value = cfg[key]
