@@ -42,7 +42,8 @@ N = 2000
 WEIGHTS = torch.tensor([0.2, 0.8], dtype=torch.float64)
 MEANS = torch.tensor([[-8.0, -8.0], [2.0, 2.0]], dtype=torch.float64)
 COVS = torch.eye(2, dtype=torch.float64).expand(2, 2, 2)
-SHIPPED = sorted(p.stem for p in (CONF / "sampler").glob("*.yaml"))
+# sampler=recipe is no sampler: a placeholder for the one a checkpoint stores (tests/test_sampler_recipe.py)
+SHIPPED = sorted(p.stem for p in (CONF / "sampler").glob("*.yaml") if p.stem != "recipe")
 
 
 def shipped(name: str, tmp_path):

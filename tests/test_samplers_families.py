@@ -25,8 +25,9 @@ from diffexp.build import build_process
 from test_sampler_defaults import draw, mixture_errors, mixture_model
 
 FAMILIES = sorted(p.stem for p in (CONF / "process").glob("*.yaml") if p.stem != "ddpm")
-# consistency: samples consistency models, not denoisers (tests/test_distill*.py; test_sampler_defaults.py)
-SAMPLERS = sorted(p.stem for p in (CONF / "sampler").glob("*.yaml") if p.stem != "consistency")
+# consistency: samples consistency models, not denoisers (tests/test_distill*.py; test_sampler_defaults.py);
+# recipe: a placeholder for the sampler a checkpoint stores (tests/test_sampler_recipe.py)
+SAMPLERS = sorted(p.stem for p in (CONF / "sampler").glob("*.yaml") if p.stem not in ("consistency", "recipe"))
 CHEAP = {"ddim", "heun", "dpmpp_2m", "adaptive"}
 REPRESENTATIVE = {("vp_sde", "ddpm"), ("vp_sde", "pc"), ("vp_sde", "euler_maruyama")}
 
