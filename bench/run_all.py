@@ -55,9 +55,11 @@ def plan(full: bool, threads: int | None) -> list[tuple[str, list[str]]]:
 
 
 def relative_paths(text: str) -> str:
-    """``text`` with this checkout's absolute paths made relative to it (the summary is committed, and the
-    repository speaks of itself in relative terms)."""
-    return text.replace(str(HERE.parent) + os.sep, "")
+    """``text`` as committed results name things: the checkout's paths relative, the cache as ``$DIFFEXP_CACHE``
+    (``common.portable``, the rule of every JSON record too)."""
+    from common import portable
+
+    return portable(text)
 
 
 def table_part(stdout: str) -> str:
